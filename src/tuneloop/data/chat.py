@@ -1,0 +1,102 @@
+"""Chat rendering into token ids and a loss mask, built from the structured messages.
+
+The conversation is rendered with the tokenizer's chat template. For each assistant turn i the
+template is rendered twice -- the turns before it with the generation prompt, and the turns through
+it -- and the characters in between are that turn's answer (its text plus the end-of-turn marker;
+trailing whitespace after the marker is not trained). The rendered text is cut at those boundaries
+and each piece is tokenised on its own, so the prompt tokens are exactly what ``render_prompt`` gives
+at generation time and the answer tokens are what the model would have to produce after them. No
+response template is ever searched for in the token stream.
+
+A template that is not prefix-stable (rendering turn i+1 rewrites turn i, as some "thinking"
+templates do) is refused with a clear error rather than silently mis-masked.
+
+Models without a chat template get ``FALLBACK_TEMPLATE``: ChatML markers, each turn closed by the
+tokenizer's EOS token, so generation stops where training ended the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneloop.data.formats import Message
+
+FALLBACK_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used to build structural loss masks."""
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 where the token is an assistant answer token (trained), else 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+
+def chat_template(tokenizer) -> str:
+    return tokenizer.chat_template or FALLBACK_TEMPLATE
+
+
+def render_text(tokenizer, messages: list[Message], add_generation_prompt: bool) -> str:
+    # bos_token/eos_token may be None for some tokenizers; the fallback template checks bos_token.
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+        chat_template=chat_template(tokenizer),
+    )
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def render_prompt(tokenizer, messages: list[Message]) -> list[int]:
+    """Token ids of a conversation followed by the assistant generation prompt."""
+    return _encode(tokenizer, render_text(tokenizer, messages, add_generation_prompt=True))
+
+
+def render_with_mask(tokenizer, messages: list[Message]) -> Tokenized:
+    """Token ids of a whole conversation and a mask that is 1 on every assistant answer token."""
+    full = render_text(tokenizer, messages, add_generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_text(tokenizer, messages[:i], add_generation_prompt=True) if i else \
+            render_text(tokenizer, [], add_generation_prompt=True)
+        through = render_text(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not through.startswith(before) or not full.startswith(through):
+            raise TemplateError(
+                "the chat template is not prefix-stable (rendering a later turn changes an earlier one), "
+                "so answer tokens cannot be located from the message structure; give the model a "
+                "prefix-stable template (tokenizer.chat_template)")
+        start, end = len(before), len(through.rstrip())
+        if end <= start:
+            raise TemplateError(f"the chat template rendered assistant turn {i} as empty text")
+        spans.append((start, end))
+    ids: list[int] = []
+    mask: list[int] = []
+    cursor = 0
+    for start, end in spans:
+        prompt_part = _encode(tokenizer, full[cursor:start])
+        answer_part = _encode(tokenizer, full[start:end])
+        ids += prompt_part + answer_part
+        mask += [0] * len(prompt_part) + [1] * len(answer_part)
+        cursor = end
+    tail = _encode(tokenizer, full[cursor:])
+    ids += tail
+    mask += [0] * len(tail)
+    return Tokenized(ids, mask)

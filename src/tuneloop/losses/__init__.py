@@ -1,0 +1,1 @@
+"""Pure tensor functions: every loss, estimator and reduction of tuneloop. Imports torch only."""

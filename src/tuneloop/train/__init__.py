@@ -1,0 +1,1 @@
+"""One module per stage; each reads top to bottom: its config dataclass, then ``train(cfg)``."""
