@@ -22,7 +22,13 @@ Message = dict[str, str]  # {"role": ..., "content": ...}
 ROLES = ("system", "user", "assistant")
 
 
-def _messages(record: Record, value: Any, field: str) -> list[Message]:
+def messages_field(record: Record, value: Any, field: str, *, allow_empty_content: bool = False
+                   ) -> list[Message]:
+    """Validate a non-empty list of ``{"role", "content"}`` messages; errors name ``field[i].key``.
+
+    ``allow_empty_content`` accepts "" as a content (an empty reply is a real response in
+    preference data); otherwise every content must hold non-whitespace text.
+    """
     if isinstance(value, str):
         raise record.error("expected a list of messages, got a string", field)
     if not isinstance(value, list) or not value:
@@ -38,21 +44,31 @@ def _messages(record: Record, value: Any, field: str) -> list[Message]:
         role, content = msg["role"], msg["content"]
         if role not in ROLES:
             raise record.error(f"unknown role {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role")
-        out.append({"role": role, "content": _text(record, content, f"{where}.content")})
+        out.append({"role": role, "content": text_field(record, content, f"{where}.content",
+                                                        allow_empty=allow_empty_content)})
     return out
 
 
-def _text(record: Record, value: Any, field: str) -> str:
+def text_field(record: Record, value: Any, field: str, *, allow_empty: bool = False) -> str:
+    """Validate a string field; unless ``allow_empty``, it must hold non-whitespace text."""
     if not isinstance(value, str):
         raise record.error(f"expected a string, got {_show(value)}", field)
-    if not value.strip():
+    if not allow_empty and not value.strip():
         raise record.error("is empty", field)
     return value
 
 
-def _show(value: Any) -> str:
+_messages = messages_field  # historical private names, kept for existing callers
+_text = text_field
+
+
+def show_value(value: Any) -> str:
+    """A short ``type repr`` of a bad value for an error message."""
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
+
+
+_show = show_value
 
 
 def sft_messages(record: Record) -> list[Message]:
