@@ -62,21 +62,31 @@ def _short_plot(text: str, limit: int = 280) -> str:
     return out.strip()[:limit].rstrip(". ") + "."
 
 
-def review_examples() -> list[tuple[str, str]]:
-    """(instruction, review) for every movie that has both a plot snippet and critic snippets."""
+def _movies() -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Each movie's first plot snippet and its critics' snippets (rows without text are skipped)."""
     plots: dict[str, str] = {}
     reviews: dict[str, list[str]] = {}
     for row in _rotten_tomatoes():
+        text = row["text"]
+        if not isinstance(text, str) or not text.strip():
+            continue
         if row["category"] == "plot":
-            plots.setdefault(row["movie_name"], row["text"])
+            plots.setdefault(row["movie_name"], text)
         else:
-            reviews.setdefault(row["movie_name"], []).append(row["text"])
+            reviews.setdefault(row["movie_name"], []).append(text.strip())
+    return plots, reviews
+
+
+def review_examples() -> list[tuple[str, str]]:
+    """(instruction, review) for every movie that has both a plot snippet and critic snippets."""
+    plots, reviews = _movies()
     return [(REVIEW_INSTRUCTION.format(plot=_short_plot(plots[m])), r) for m in sorted(plots) for r in reviews.get(m, [])]
 
 
 def review_prompts() -> list[str]:
-    plots = sorted({row["movie_name"]: row["text"] for row in _rotten_tomatoes() if row["category"] == "plot"}.items())
-    return [REVIEW_INSTRUCTION.format(plot=_short_plot(text)) for _, text in plots]
+    """One instruction per movie with a plot snippet, sorted by movie name."""
+    plots, _ = _movies()
+    return [REVIEW_INSTRUCTION.format(plot=_short_plot(plots[m])) for m in sorted(plots)]
 
 
 def bundled_records(name: str) -> list[Record]:

@@ -1,0 +1,86 @@
+"""``tuneloop sample``: K candidate answers per prompt, written with full provenance.
+
+Output (JSONL, one record per prompt; the labelling app imports it as is)::
+
+  {"prompt_id": "p-…", "prompt": "last user turn", "messages": [...],
+   "completions": [...], "completion_tokens": [...], "finish_reasons": ["eos" | "length", ...],
+   "provenance": {"model", "model_hash", "sampling", "seed", "tuneloop_version", "created"}}
+
+"length" means the answer was cut at max_new_tokens (truncated). The file is written under a
+temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from tuneloop.atomic import atomic_write_text
+from tuneloop.data import load_records
+from tuneloop.data.chat import render_prompt
+from tuneloop.data.formats import prompt_messages
+from tuneloop.generation import SamplingConfig, generate
+from tuneloop.models import ModelConfig, load_causal_lm
+from tuneloop.models.loading import model_fingerprint
+
+
+def prompt_id(messages: list[dict]) -> str:
+    return "p-" + hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def sample_candidates(model_name: str, prompts_path: str, out_path: str | Path, num_candidates: int,
+                      sampling: SamplingConfig, seed: int = 0, limit: int | None = None) -> list[dict]:
+    """Generate and write candidates; returns the records. Raises DataError on a bad prompts file."""
+    from tuneloop import __version__
+
+    records = load_records(prompts_path)
+    conversations = [prompt_messages(r) for r in records]  # validate all before loading the model
+    if limit is not None:
+        conversations = conversations[:limit]
+    model, tokenizer = load_causal_lm(ModelConfig(name=model_name), trainable=False)
+    prompt_ids = [render_prompt(tokenizer, m) for m in conversations]
+    started = time.time()
+    generations = generate(model, tokenizer, prompt_ids, sampling, num_candidates, seed)
+    provenance = {"model": model_name, "model_hash": model_fingerprint(model), "sampling": sampling.as_dict(),
+                  "seed": seed, "tuneloop_version": __version__,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = []
+    for messages, ids, gens in zip(conversations, prompt_ids, generations):
+        out.append({"prompt_id": prompt_id(messages), "prompt": messages[-1]["content"], "messages": messages,
+                    "completions": [g.text for g in gens], "completion_tokens": [len(g.token_ids) for g in gens],
+                    "finish_reasons": [g.finish_reason for g in gens], "prompt_tokens": len(ids),
+                    "provenance": provenance})
+    atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    tokens = sum(sum(r["completion_tokens"]) for r in out)
+    truncated = sum(r["finish_reasons"].count("length") for r in out)
+    print(f"[tuneloop] sample: {len(out)} prompts × {num_candidates} candidates, {tokens} tokens in "
+          f"{time.time() - started:.1f}s ({tokens / max(time.time() - started, 1e-9):.1f} tok/s), "
+          f"{truncated} truncated → {out_path}")
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="sample K candidate answers per prompt, with provenance")
+    p.add_argument("--model", required=True, help="model folder, bundled name or hub id")
+    p.add_argument("--prompts", required=True, help="prompts file ({'prompt'} or {'messages'}) or bundled:<name>")
+    p.add_argument("--num-candidates", type=int, default=4)
+    p.add_argument("--out", required=True, help="output candidates JSONL")
+    p.add_argument("--temperature", type=float, default=SamplingConfig.temperature)
+    p.add_argument("--top-p", type=float, default=SamplingConfig.top_p)
+    p.add_argument("--top-k", type=int, default=SamplingConfig.top_k)
+    p.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=SamplingConfig.batch_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.set_defaults(handler=_run)
+
+
+def _run(args, _extra) -> int:
+    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    if args.num_candidates < 1:
+        raise ValueError(f"--num-candidates must be ≥ 1, got {args.num_candidates}")
+    sample_candidates(args.model, args.prompts, args.out, args.num_candidates, sampling, args.seed, args.limit)
+    return 0
