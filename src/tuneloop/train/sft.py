@@ -16,7 +16,6 @@ over the vocabulary are the most expensive part of a small model, and prompt pos
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,21 +24,21 @@ from typing import Literal
 
 import torch
 
+from tuneloop.atomic import atomic_dir
 from tuneloop.batches import SFTBatch
 from tuneloop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tuneloop.data import load_records
 from tuneloop.data.chat import Tokenized
 from tuneloop.data.packing import collate_padded, collate_padding_free, pack_best_fit
 from tuneloop.data.sft import TokenStats, tokenize_sft
-from tuneloop.losses.reductions import token_normalised
 from tuneloop.losses.sft import masked_nll_sum
 from tuneloop.models import ModelConfig, load_causal_lm
 from tuneloop.models.loading import load_tokenizer, save_model
 from tuneloop.runs import RunConfig, RunDir, new_run_dir
 from tuneloop.tracking import Tracker
 from tuneloop.train.batch_plan import BatchConfig, BatchPlan, make_batch_plan, step_micro_batches
+from tuneloop.train.accumulate import accumulate_gradients, optimizer_step
 from tuneloop.train.optim import OptimConfig, build_optimizer, build_scheduler
-from tuneloop.atomic import atomic_dir
 
 
 @dataclass
@@ -136,9 +135,12 @@ def batch_loss_sum(model, batch: SFTBatch, keep_trained_only: bool) -> tuple[tor
         keep = batch.loss_mask.any(dim=0).nonzero().squeeze(-1)  # (N,) positions trained in any row
         kwargs["logits_to_keep"] = keep
         targets, mask = targets[:, keep], mask[:, keep]
+    # use_cache=False matters: transformers only builds the per-document (block-diagonal) mask from
+    # restarting position ids when no KV cache is passed.
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
                 use_cache=False, **kwargs)
-    return masked_nll_sum(out.logits, targets, mask)
+    loss_sum, metrics = masked_nll_sum(out.logits, targets, mask)
+    return loss_sum, {**metrics, "tokens": batch.tokens}
 
 
 @torch.no_grad()
@@ -157,6 +159,57 @@ def evaluate(model, docs: list[Tokenized], cfg: SFTConfig, pad_id: int, keep: bo
     return {"loss": total / count, "trained_tokens": count}
 
 
+@dataclass
+class _Session:
+    """Everything a run holds while it trains."""
+
+    accelerator: object
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    data: _Data
+    plan: BatchPlan
+    run: RunDir
+    keep_trained_only: bool
+    start_step: int
+    tokens_seen: int
+
+
+def _setup(cfg: SFTConfig, resume_dir: str | Path | None) -> _Session:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    set_seed(cfg.run.seed)
+    # Data first: a bad file fails here, before any run folder exists.
+    tokenizer = load_tokenizer(cfg.model.name)
+    data = prepare_data(cfg, tokenizer)
+    plan = make_batch_plan(cfg.batch, len(data.units), world)
+    model, tokenizer = load_causal_lm(cfg.model)
+    model.train()
+    keep = _supports_logits_to_keep(model)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, plan.total_steps, cfg.optim)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    run = RunDir(Path(resume_dir)) if resume_dir is not None else _shared_run_dir(cfg.run, accelerator)
+    start_step, tokens_seen = 0, 0
+    if resume_dir is not None and (checkpoints := list_checkpoints(run.checkpoints)):
+        state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler, rank, world)
+        start_step, tokens_seen = state["step"], state["tokens_seen"]
+        if accelerator.is_main_process:
+            print(f"[tuneloop] resuming {run.path} from {checkpoints[-1].name}")
+    if accelerator.is_main_process:
+        run.write_config(cfg)
+        print(f"[tuneloop] sft: {len(data.train_docs)} train / {len(data.eval_docs)} eval documents, "
+              f"{len(data.units)} sequences, {plan.total_steps} steps of {plan.batch_size} "
+              f"({plan.accumulation_steps} × {plan.micro_batch_size} × {world} processes); "
+              f"{data.stats.trained_fraction:.1%} of tokens are trained; run folder {run.path}")
+    return _Session(accelerator, model, tokenizer, optimizer, scheduler, data, plan, run, keep, start_step,
+                    tokens_seen)
+
+
 def train(cfg: SFTConfig, resume_dir: str | Path | None = None,
           on_micro_batch: Callable[[int, int], None] | None = None) -> SFTResult:
     """Fine-tune, write the run folder, return where the model is.
@@ -165,102 +218,64 @@ def train(cfg: SFTConfig, resume_dir: str | Path | None = None,
     ``on_micro_batch(step, micro_index)`` is called after every backward pass (tests use it to stop a
     run at a chosen point).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    s = _setup(cfg, resume_dir)
+    acc, plan, data = s.accelerator, s.plan, s.data
+    tracker = Tracker(s.run.path, plan.total_steps, s.start_step, enabled=acc.is_main_process, description="sft",
+                      use_wandb=cfg.wandb)
+    pad_id = s.tokenizer.pad_token_id
+    t_start, tokens_at_start, tokens_seen = time.time(), s.tokens_seen, s.tokens_seen
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    set_seed(cfg.run.seed)
+    def loss_sum_fn(model, batch):
+        return batch_loss_sum(model, batch.to(acc.device), s.keep_trained_only)
 
-    # Data first: a bad file fails here, before any run folder exists.
-    tokenizer = load_tokenizer(cfg.model.name)
-    data = prepare_data(cfg, tokenizer)
-    plan: BatchPlan = make_batch_plan(cfg.batch, len(data.units), world)
-
-    model, tokenizer = load_causal_lm(cfg.model)
-    model.train()
-    keep = _supports_logits_to_keep(model)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, plan.total_steps, cfg.optim)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    run = RunDir(Path(resume_dir)) if resume_dir is not None else _shared_run_dir(cfg.run, accelerator)
-    start_step, tokens_seen = 0, 0
-    if resume_dir is not None and (checkpoints := list_checkpoints(run.checkpoints)):
-        state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler, rank, world)
-        start_step, tokens_seen = state["step"], state["tokens_seen"]
-        if is_main:
-            print(f"[tuneloop] resuming {run.path} from {checkpoints[-1].name}")
-    if is_main:
-        run.write_config(cfg)
-        print(f"[tuneloop] sft: {len(data.train_docs)} train / {len(data.eval_docs)} eval documents, "
-              f"{len(data.units)} sequences, {plan.total_steps} steps of {plan.batch_size} "
-              f"({plan.accumulation_steps} × {plan.micro_batch_size} × {world} processes); "
-              f"{data.stats.trained_fraction:.1%} of tokens are trained; run folder {run.path}")
-    tracker = Tracker(run.path, plan.total_steps, start_step, enabled=is_main,
-                      description="sft", use_wandb=cfg.wandb)
-    pad_id = tokenizer.pad_token_id
-    t_start, tokens_at_start = time.time(), tokens_seen
-
-    for step in range(start_step, plan.total_steps):
+    for step in range(s.start_step, plan.total_steps):
         t_step = time.time()
-        # 1. this process's micro-batches of the step
+        # 1. this process's micro-batches of the step (a pure function of seed and step)
         micro = [collate([data.train_docs[d] for u in idx for d in data.units[u]], cfg.data, pad_id)
-                 for idx in step_micro_batches(plan, step, cfg.run.seed, len(data.units), rank)]
-        # 2. trained tokens in the whole step, all processes
-        counts = torch.tensor([sum(b.trained_tokens for b in micro), sum(b.tokens for b in micro)], dtype=torch.float64,
-                              device=accelerator.device)
-        global_trained, global_tokens = accelerator.reduce(counts, reduction="sum").tolist()
-        # 3. forward/backward, each summed loss normalised by the global count
-        loss_total = torch.zeros((), device=accelerator.device)
-        for i, batch in enumerate(micro):
-            is_last = i == len(micro) - 1
-            with accelerator.no_sync(model) if not is_last else nullcontext():
-                loss_sum, _ = batch_loss_sum(model, batch.to(accelerator.device), keep)
-                accelerator.backward(token_normalised(loss_sum, global_trained, world))
-            loss_total += loss_sum.detach()
-            if on_micro_batch is not None:
-                on_micro_batch(step, i)
-        # 4. clip, optimizer and schedule
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm) \
-            if cfg.optim.max_grad_norm else _grad_norm(model)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens_seen += int(global_tokens)
+                 for idx in step_micro_batches(plan, step, cfg.run.seed, len(data.units), acc.process_index)]
+        # 2-3. forward/backward, each summed loss divided by the step's global count of trained tokens
+        hook = (lambda i, step=step: on_micro_batch(step, i)) if on_micro_batch else None
+        totals = accumulate_gradients(s.model, micro, loss_sum_fn, lambda b: b.trained_tokens, acc, hook)
+        # 4. clip, optimizer, schedule
+        grad_norm, lr = optimizer_step(s.model, s.optimizer, s.scheduler, acc, cfg.optim.max_grad_norm)
         # 5. log, evaluate, checkpoint
         done = step + 1
-        step_loss = accelerator.reduce(loss_total, reduction="sum").item() / global_trained
-        elapsed = time.time() - t_start
-        tokens_per_s = (tokens_seen - tokens_at_start) / max(elapsed, 1e-9)
+        tokens_seen += int(totals.metrics["tokens"])
+        tokens_per_s = (tokens_seen - tokens_at_start) / max(time.time() - t_start, 1e-9)
         if done % cfg.log_every == 0 or done == plan.total_steps:
-            tracker.log(done, {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": global_tokens,
-                               "trained_tokens": global_trained, "trained_fraction": global_trained / global_tokens,
+            tracker.log(done, {"loss": totals.loss, "lr": lr, "grad_norm": grad_norm, "tokens": totals.metrics["tokens"],
+                               "trained_tokens": totals.count,
+                               "trained_fraction": totals.count / totals.metrics["tokens"],
                                "tokens_per_s": tokens_per_s, "step_time_s": time.time() - t_step,
                                "epoch": step / plan.steps_per_epoch})
-        tracker.progress(1, loss=step_loss, tok_s=round(tokens_per_s, 1))
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != plan.total_steps and is_main:
-            tracker.log(done, evaluate(accelerator.unwrap_model(model), data.eval_docs, cfg, pad_id, keep), "eval")
+        tracker.progress(1, loss=totals.loss, tok_s=round(tokens_per_s, 1))
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != plan.total_steps and acc.is_main_process:
+            tracker.log(done, evaluate(acc.unwrap_model(s.model), data.eval_docs, cfg, pad_id, s.keep_trained_only),
+                        "eval")
         if cfg.save_every and done % cfg.save_every == 0:
-            save_checkpoint(run.checkpoints, done,
-                            accelerator.unwrap_model(model), optimizer, scheduler, {"tokens_seen": tokens_seen},
-                            rank, world, cfg.keep_checkpoints, accelerator.wait_for_everyone)
+            save_checkpoint(s.run.checkpoints, done, acc.unwrap_model(s.model), s.optimizer, s.scheduler,
+                            {"tokens_seen": tokens_seen}, acc.process_index, acc.num_processes, cfg.keep_checkpoints,
+                            acc.wait_for_everyone)
+    summary = _finish(cfg, s, tracker, tokens_seen, (tokens_seen - tokens_at_start) / max(time.time() - t_start, 1e-9))
+    return SFTResult(s.run.path, s.run.model, summary)
 
-    final = accelerator.unwrap_model(model)
-    summary = {}
-    if is_main:
-        eval_metrics = evaluate(final, data.eval_docs, cfg, pad_id, keep)
-        tracker.log(plan.total_steps, eval_metrics, "eval")
-        with atomic_dir(run.model, replace=True) as tmp:
-            save_model(final, tokenizer, tmp, cfg.model.lora)
-        summary = {"stage": "sft", "steps": plan.total_steps, "tokens_seen": tokens_seen,
-                   "tokens_per_s": (tokens_seen - tokens_at_start) / max(time.time() - t_start, 1e-9),
-                   "eval": eval_metrics, "data": data.stats.summary(), "model_dir": str(run.model)}
-        run.write_summary(summary)
+
+def _finish(cfg: SFTConfig, s: _Session, tracker: Tracker, tokens_seen: int, tokens_per_s: float) -> dict:
+    """Final evaluation, the model folder (written atomically) and summary.json."""
+    summary: dict = {}
+    if s.accelerator.is_main_process:
+        final = s.accelerator.unwrap_model(s.model)
+        eval_metrics = evaluate(final, s.data.eval_docs, cfg, s.tokenizer.pad_token_id, s.keep_trained_only)
+        tracker.log(s.plan.total_steps, eval_metrics, "eval")
+        with atomic_dir(s.run.model, replace=True) as tmp:
+            save_model(final, s.tokenizer, tmp, cfg.model.lora)
+        summary = {"stage": "sft", "steps": s.plan.total_steps, "tokens_seen": tokens_seen,
+                   "tokens_per_s": tokens_per_s, "eval": eval_metrics, "data": s.data.stats.summary(),
+                   "model_dir": str(s.run.model)}
+        s.run.write_summary(summary)
     tracker.close()
-    accelerator.wait_for_everyone()
-    return SFTResult(run.path, run.model, summary)
+    s.accelerator.wait_for_everyone()
+    return summary
 
 
 def _shared_run_dir(run_cfg: RunConfig, accelerator) -> RunDir:
@@ -270,8 +285,3 @@ def _shared_run_dir(run_cfg: RunConfig, accelerator) -> RunDir:
     holder = [str(new_run_dir(run_cfg, "sft").path) if accelerator.is_main_process else None]
     broadcast_object_list(holder, from_process=0)
     return RunDir(Path(holder[0]))
-
-
-def _grad_norm(model) -> torch.Tensor:
-    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
