@@ -330,7 +330,8 @@ def dpo_family_loss(kind: DPOLoss | str, logps: PairLogps | UnpairedLogps, param
     Args:
         kind: a ``DPOLoss`` or its string value ("dpo", "ipo", ...).
         logps: ``PairLogps`` for paired losses, ``UnpairedLogps`` for KTO.
-        params: hyperparameters; a field that does not apply to ``kind`` must keep its default 0.
+        params: hyperparameters. ``label_smoothing`` and ``rpo_alpha`` set where they do not apply are
+            a ValueError; the other fields are simply unused by losses that do not name them.
     """
     kind = DPOLoss(kind)
     _check_params(kind, params)
