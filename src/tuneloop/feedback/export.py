@@ -1,0 +1,218 @@
+"""Exports the reward model and DPO read as they are, plus the raw judgments and a manifest.
+
+``export_all(store, out_dir)`` writes, atomically (the folder is complete or absent):
+
+- ``pairs.jsonl``    ``{"prompt", "prompt_messages", "chosen", "rejected", "margin"?, "tie"?, "votes",
+                       "p_chosen"?, "prompt_id", "group_id"}`` — one per candidate pair (aggregated) or
+                       per judgment (``aggregate="none"``). Margin comes from the Llama 2 strength.
+- ``rankings.jsonl`` ``{"prompt", "prompt_messages", "completions", "ranking": [[best...], ...],
+                       "group_id", "none_acceptable"}`` from K-way items.
+- ``judgments.jsonl`` every judgment ever written (corrections and superseded rows included) with
+                       all metadata.
+- ``manifest.json``  counts, filters, agreement, sha256 of each file, schema version, time.
+
+Pair aggregation: ``none`` | ``majority`` | ``soft``; ranking aggregation: ``none`` |
+``bradley_terry`` | ``ranked_pairs``. "Both bad" and "none acceptable" answers are left out of pairs
+and rankings unless ``include_unacceptable``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from tuneloop.atomic import atomic_dir, atomic_write_text
+from tuneloop.feedback import schema as S
+from tuneloop.feedback.aggregate import bradley_terry, groups_from_scores, majority_pair, ranked_pairs, soft_pair
+from tuneloop.feedback.answers import STRENGTHS, pair_label
+from tuneloop.feedback.quality import agreement_summary, load, pair_units, ranking_summary
+from tuneloop.feedback.store import Store
+
+PAIR_AGGREGATES = ("none", "majority", "soft")
+RANKING_AGGREGATES = ("none", "bradley_terry", "ranked_pairs")
+
+
+def _context(store: Store):
+    judgments, items, names = load(store)
+    with store.read() as conn:
+        texts = dict(conn.execute(select(S.candidates.c.id, S.candidates.c.text)).all())
+        prompts = {r["prompt_id"]: dict(r) for r in conn.execute(
+            select(S.prompts.c.prompt_id, S.prompts.c.prompt, S.prompts.c.messages)).mappings()}
+    return judgments, items, names, texts, prompts
+
+
+def _usable(j: dict, items: dict, include_unacceptable: bool) -> bool:
+    if j["is_repeat"] or items[j["item_id"]]["is_gold"]:
+        return False
+    if include_unacceptable:
+        return True
+    return j["answer"].get("outcome") != "both_bad" and not j["answer"].get("none_acceptable")
+
+
+def pair_records(store: Store, aggregate: str = "majority", include_rankings: bool = False,
+                 include_unacceptable: bool = False) -> list[dict]:
+    """Preference pairs; ``include_rankings`` also expands K-way rankings into their pairs."""
+    if aggregate not in PAIR_AGGREGATES:
+        raise ValueError(f"pair aggregation must be one of {', '.join(PAIR_AGGREGATES)}, got {aggregate!r}")
+    judgments, items, _names, texts, prompts = _context(store)
+    votes: dict[tuple, list[tuple[str, float | None]]] = defaultdict(list)
+    for j in judgments:
+        if not _usable(j, items, include_unacceptable) or (j["kind"] == "ranking" and not include_rankings):
+            continue
+        item = items[j["item_id"]]
+        strength = j["answer"].get("strength")
+        for lo, hi in itertools.combinations(sorted(item["candidate_ids"]), 2):
+            label = pair_label(j["answer"], j["kind"], lo, hi)
+            if label in ("lo", "hi", "tie"):
+                votes[(item["prompt_id"], lo, hi)].append((label, STRENGTHS[strength] if strength else None))
+    out = []
+    for (prompt_id, lo, hi), unit in sorted(votes.items()):
+        labels = [lab for lab, _ in unit]
+        if aggregate == "none":
+            decided = [(lab, [m]) for lab, m in unit]
+        elif aggregate == "majority":
+            label = majority_pair(labels)
+            decided = [(label, [m for lab, m in unit if lab == label])]
+        else:
+            p_lo = soft_pair(labels)
+            decided = [("lo" if p_lo >= 0.5 else "hi", [m for lab, m in unit if lab == ("lo" if p_lo >= 0.5 else "hi")])]
+        for label, margins in decided:
+            record = _pair(prompts[prompt_id], texts, lo, hi, label, len(unit))
+            margins = [m for m in margins if m is not None]
+            if margins and label != "tie":
+                record["margin"] = statistics.fmean(margins)
+            if aggregate == "soft":
+                record["p_chosen"] = p_lo if label == "lo" else 1 - p_lo
+            out.append(record)
+    return out
+
+
+def _pair(prompt: dict, texts: dict, lo: int, hi: int, label: str, votes: int) -> dict:
+    chosen, rejected = (lo, hi) if label in ("lo", "tie") else (hi, lo)
+    record = {"prompt": prompt["prompt"], "prompt_messages": prompt["messages"], "chosen": texts[chosen],
+              "rejected": texts[rejected], "votes": votes, "prompt_id": prompt["prompt_id"],
+              "group_id": f"{prompt['prompt_id']}:{lo}-{hi}"}
+    if label == "tie":
+        record["tie"] = True
+    return record
+
+
+def ranking_records(store: Store, aggregate: str = "none", include_unacceptable: bool = False) -> list[dict]:
+    if aggregate not in RANKING_AGGREGATES:
+        raise ValueError(f"ranking aggregation must be one of {', '.join(RANKING_AGGREGATES)}, got {aggregate!r}")
+    judgments, items, _names, texts, prompts = _context(store)
+    per_item: dict[int, list[dict]] = defaultdict(list)
+    for j in judgments:
+        if j["kind"] == "ranking" and _usable(j, items, include_unacceptable):
+            per_item[j["item_id"]].append(j)
+    out = []
+    for item_id in sorted(per_item):
+        item, js = items[item_id], per_item[item_id]
+        ids = sorted(item["candidate_ids"])
+        position = {cid: i for i, cid in enumerate(ids)}
+        base = {"prompt": prompts[item["prompt_id"]]["prompt"], "prompt_messages": prompts[item["prompt_id"]]["messages"],
+                "completions": [texts[c] for c in ids], "group_id": f"{item['prompt_id']}:item-{item_id}"}
+        if aggregate == "none":
+            for j in js:
+                out.append({**base, "ranking": [[position[c] for c in g] for g in j["answer"]["ranking"]],
+                            "none_acceptable": j["answer"]["none_acceptable"], "votes": 1})
+            continue
+        wins: dict[tuple[int, int], float] = defaultdict(float)
+        for j in js:
+            for a, b in itertools.permutations(ids, 2):
+                if pair_label(j["answer"], "ranking", min(a, b), max(a, b)) == ("lo" if a < b else "hi"):
+                    wins[(a, b)] += 1
+        if aggregate == "bradley_terry":
+            groups = groups_from_scores(bradley_terry(ids, wins), tol=1e-6)
+        else:
+            groups = ranked_pairs(ids, wins)
+        out.append({**base, "ranking": [sorted(position[c] for c in g) for g in groups],
+                    "none_acceptable": sum(j["answer"]["none_acceptable"] for j in js) * 2 > len(js),
+                    "votes": len(js)})
+    return out
+
+
+def judgment_records(store: Store) -> list[dict]:
+    """Every judgment row with its metadata, oldest first; ``superseded_by`` marks corrected ones."""
+    with store.read() as conn:
+        rows = [dict(r) for r in conn.execute(select(S.judgments).order_by(S.judgments.c.submitted_at,
+                                                                            S.judgments.c.id)).mappings()]
+        names = dict(conn.execute(select(S.users.c.id, S.users.c.name)).all())
+        items = {r["id"]: dict(r) for r in conn.execute(select(S.items.c.id, S.items.c.prompt_id,
+                                                               S.items.c.candidate_ids)).mappings()}
+    superseded_by = {r["supersedes"]: r["id"] for r in rows if r["supersedes"]}
+    for r in rows:
+        r["annotator"] = names.get(r.pop("user_id"))
+        r["prompt_id"] = items[r["item_id"]]["prompt_id"]
+        r["candidate_ids"] = items[r["item_id"]]["candidate_ids"]
+        r["superseded_by"] = superseded_by.get(r["id"])
+    return rows
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+
+
+def export_text(store: Store, what: str, aggregate: str = "majority") -> tuple[str, str]:
+    """One export as text, for the admin page's download links."""
+    if what == "pairs.jsonl":
+        return _jsonl(pair_records(store, aggregate=aggregate)), "application/x-ndjson"
+    if what == "rankings.jsonl":
+        return _jsonl(ranking_records(store, aggregate="none" if aggregate == "majority" else aggregate)), \
+            "application/x-ndjson"
+    if what == "judgments.jsonl":
+        return _jsonl(judgment_records(store)), "application/x-ndjson"
+    raise ValueError(f"unknown export {what!r}; expected pairs.jsonl, rankings.jsonl or judgments.jsonl")
+
+
+def export_pairs(store: Store | str | Path, out_path: str | Path, aggregate: str = "majority",
+                 include_rankings: bool = True) -> int:
+    """Write preference pairs (the RM / DPO input) to one JSONL file atomically; returns how many."""
+    store = store if isinstance(store, Store) else Store.open(store, create=False)
+    records = pair_records(store, aggregate=aggregate, include_rankings=include_rankings)
+    atomic_write_text(out_path, _jsonl(records))
+    return len(records)
+
+
+def export_all(store: Store | str | Path, out_dir: str | Path, pair_aggregate: str = "majority",
+               ranking_aggregate: str = "none", include_rankings_in_pairs: bool = False,
+               include_unacceptable: bool = False, replace: bool = False) -> dict[str, Any]:
+    """Write pairs, rankings, raw judgments and the manifest into ``out_dir``; returns the manifest."""
+    if Path(out_dir).exists() and not replace:
+        raise FileExistsError(f"{out_dir} already exists; choose a new folder or pass replace=True (--replace)")
+    store = store if isinstance(store, Store) else Store.open(store, create=False)
+    files = {
+        "pairs.jsonl": _jsonl(pair_records(store, pair_aggregate, include_rankings_in_pairs, include_unacceptable)),
+        "rankings.jsonl": _jsonl(ranking_records(store, ranking_aggregate, include_unacceptable)),
+        "judgments.jsonl": _jsonl(judgment_records(store)),
+    }
+    judgments, items, _names = load(store)
+    units = pair_units(judgments, items)
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "store": str(store.location),
+        "schema_version": store.schema_version(),
+        "filters": {"pair_aggregate": pair_aggregate, "ranking_aggregate": ranking_aggregate,
+                    "include_rankings_in_pairs": include_rankings_in_pairs,
+                    "include_unacceptable": include_unacceptable, "excluded": ["gold items", "repeats",
+                                                                                 "superseded judgments"]},
+        "counts": {name: body.count("\n") for name, body in files.items()} | store.counts(),
+        "agreement": {"pairwise": agreement_summary(units), "rankings": ranking_summary(judgments, items)},
+        "sha256": {name: hashlib.sha256(body.encode()).hexdigest() for name, body in files.items()},
+    }
+    with atomic_dir(out_dir, replace=replace) as tmp:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a temporary folder is private; the export is not
+        for name, body in files.items():
+            (tmp / name).write_text(body, encoding="utf-8")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest

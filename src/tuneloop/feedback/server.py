@@ -1,0 +1,238 @@
+"""The labelling web app: a small FastAPI server over the store, plus static pages (no build step).
+
+Run it with ``tuneloop label serve --db labels.db`` (127.0.0.1:8000 by default).
+
+Security model: every prompt and model output is untrusted text. Markdown is rendered on the server
+with raw HTML disabled and images off; the pages carry a strict Content-Security-Policy (scripts and
+styles only from this origin, nothing inline, no outbound connections). Browsers authenticate with a
+session cookie (HttpOnly, SameSite=Strict) and must echo the session's CSRF token in ``X-CSRF-Token``
+on every state-changing request; scripts use ``Authorization: Bearer tl_…`` API tokens with scopes.
+An annotator only ever sees their own judgments.
+"""
+
+
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from markdown_it import MarkdownIt
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneloop.feedback import assign
+from tuneloop.feedback.answers import AnswerError
+from tuneloop.feedback.auth import RateLimiter, verify_password
+from tuneloop.feedback.store import Store
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "tl_session"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+LOGIN_LIMIT = (10, 60.0)  # attempts per minute, per client address and per user name
+SUBMIT_LIMIT = (30, 1.0)  # judgments per second per annotator (a person needs far fewer)
+PAGES = {"/login": "login.html", "/label": "label.html", "/admin": "admin.html"}
+
+_MD = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).disable("image")
+
+
+def render_markdown(text: str) -> str:
+    """Safe HTML for untrusted Markdown: raw HTML is escaped, images are off, unsafe link schemes dropped."""
+    return _MD.render(text)
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class JudgmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    lease_id: str | None = Field(default=None, max_length=32)
+    supersedes: str | None = Field(default=None, max_length=64)
+    answer: dict[str, Any]
+    rationale: str = Field(default="", max_length=10_000)
+    active_ms: int = Field(default=0, ge=0, le=86_400_000)
+
+
+class Principal:
+    def __init__(self, user, scopes: set[str], csrf: str | None):
+        self.id, self.name, self.role = user["id"], user["name"], user["role"]
+        self.scopes, self.csrf = scopes, csrf
+
+
+def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LIMIT,
+               submit_limit: tuple[int, float] | None = SUBMIT_LIMIT, secure_cookies: bool = False) -> FastAPI:
+    """The app over ``store``. Pass ``submit_limit=None`` for simulated raters and load tests."""
+    app = FastAPI(title="tuneloop labelling", docs_url=None, redoc_url=None, openapi_url=None)
+    login_rl = RateLimiter(*login_limit) if login_limit else None
+    submit_rl = RateLimiter(*submit_limit) if submit_limit else None
+    app.state.store = store
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        if request.url.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def principal(request: Request) -> Principal:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            found = store.resolve_token(auth[7:].strip())
+            if found is None:
+                raise HTTPException(401, "invalid or revoked API token")
+            user, scopes = found
+            return Principal(user, set(scopes), None)
+        cookie = request.cookies.get(COOKIE)
+        found = store.resolve_session(cookie) if cookie else None
+        if found is None:
+            raise HTTPException(401, "log in first")
+        user, csrf = found
+        if request.method not in ("GET", "HEAD"):
+            sent = request.headers.get("x-csrf-token", "")
+            if not sent or not secrets.compare_digest(sent, csrf):
+                raise HTTPException(403, "missing or wrong CSRF token")
+        scopes = {"judge", "read", "admin"} if user["role"] == "admin" else {"judge"}
+        return Principal(user, scopes, csrf)
+
+    def needs(scope: str):
+        def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+            if scope not in who.scopes:
+                raise HTTPException(403, f"this needs the '{scope}' permission")
+            return who
+        return check
+
+    Judge = Annotated[Principal, Depends(needs("judge"))]
+    Reader = Annotated[Principal, Depends(needs("read"))]
+    Admin = Annotated[Principal, Depends(needs("admin"))]
+
+    @app.get("/", include_in_schema=False)
+    def root():
+        return RedirectResponse("/label")
+
+    for route, filename in PAGES.items():
+        app.add_api_route(route, _page(filename), methods=["GET"], include_in_schema=False)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str):
+        path = STATIC / name
+        if "/" in name or ".." in name or not path.is_file():
+            raise HTTPException(404, "not found")
+        return FileResponse(path)
+
+    @app.post("/api/login")
+    def login(body: Login, request: Request, response: Response):
+        _same_origin(request)
+        client = request.client.host if request.client else "?"
+        if login_rl and not (login_rl.allow(f"ip:{client}") and login_rl.allow(f"name:{body.name}")):
+            raise HTTPException(429, "too many login attempts; wait a minute")
+        with store.read() as conn:
+            user = store.user(conn, name=body.name)
+        if not verify_password(user["password_hash"] if user else None, body.password) or user["disabled"]:
+            raise HTTPException(401, "wrong name or password")
+        secret, csrf = store.create_session(user["id"])
+        response.set_cookie(COOKIE, secret, httponly=True, samesite="strict", secure=secure_cookies, path="/")
+        return {"name": user["name"], "role": user["role"], "csrf": csrf}
+
+    @app.post("/api/logout")
+    def logout(who: Annotated[Principal, Depends(principal)], request: Request, response: Response):
+        if request.cookies.get(COOKIE):
+            store.delete_session(request.cookies[COOKIE])
+        response.delete_cookie(COOKIE, path="/")
+        return {"ok": True}
+
+    @app.get("/api/me")
+    def me(who: Annotated[Principal, Depends(principal)]):
+        from tuneloop.feedback.quality import annotator_summary
+
+        return {"name": who.name, "role": who.role, "csrf": who.csrf, "scopes": sorted(who.scopes),
+                "stats": annotator_summary(store, who.id)}
+
+    @app.post("/api/tasks/next")
+    def next_task(who: Judge):
+        return _with_html(assign.next_task(store, who.id))
+
+    @app.post("/api/judgments")
+    def submit(body: JudgmentIn, who: Judge):
+        if submit_rl and not submit_rl.allow(str(who.id)):
+            raise HTTPException(429, "too many submissions; slow down")
+        if bool(body.lease_id) == bool(body.supersedes):
+            raise HTTPException(422, "give either lease_id (a new judgment) or supersedes (a correction)")
+        try:
+            status, row, following = assign.submit(store, who.id, body.model_dump(), with_next=True)
+        except AnswerError as err:
+            raise HTTPException(422, str(err)) from None
+        except assign.Conflict as err:
+            raise HTTPException(409, str(err)) from None
+        except assign.NotFound as err:
+            raise HTTPException(404, str(err)) from None
+        return {"status": status, "judgment": _public(row), "next": _with_html(following)}
+
+    @app.get("/api/judgments/mine")
+    def mine(who: Judge, limit: int = 50):
+        with store.read() as conn:
+            rows = assign.current_judgments(conn, who.id)
+        return {"judgments": [_public(r) for r in rows[-max(1, min(limit, 1000)):]]}
+
+    @app.get("/api/admin/stats")
+    def stats(who: Reader):
+        from tuneloop.feedback.quality import quality_report
+
+        return quality_report(store)
+
+    @app.get("/api/admin/export/{what}")
+    def export(what: str, who: Reader, aggregate: str = "majority"):
+        from tuneloop.feedback.export import export_text
+
+        try:
+            body, media = export_text(store, what, aggregate=aggregate)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        return PlainTextResponse(body, media_type=media,
+                                 headers={"Content-Disposition": f'attachment; filename="{what}"'})
+
+    @app.get("/api/admin/users")
+    def users(who: Admin):
+        return {"users": store.list_users()}
+
+    @app.exception_handler(HTTPException)
+    def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    return app
+
+
+def _page(filename: str):
+    def page():
+        return FileResponse(STATIC / filename, media_type="text/html")
+    return page
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a login posted from another site (login CSRF); browsers always send Origin on POST."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+        raise HTTPException(403, "cross-site request refused")
+
+
+def _with_html(task: dict | None) -> dict | None:
+    if task is None:
+        return None
+    task["prompt_html"] = render_markdown(task["prompt"])
+    for cand in task["candidates"]:
+        cand["html"] = render_markdown(cand["text"])
+    return task
+
+
+def _public(row: dict) -> dict:
+    keep = ("id", "item_id", "kind", "answer", "rationale", "display_order", "served_at", "submitted_at",
+            "active_ms", "guideline_version", "is_repeat", "supersedes")
+    return {k: row[k] for k in keep}

@@ -1,0 +1,221 @@
+// The annotator's page: one task at a time, judged with the keyboard.
+// Candidate HTML comes from the server's safe Markdown renderer (raw HTML escaped, no images); all
+// other text is set with textContent. The CSP blocks inline script even if something slipped through.
+"use strict";
+
+const STRENGTHS = [["5", "significantly", "significantly better"], ["6", "better", "better"],
+                   ["7", "slightly", "slightly better"], ["8", "negligibly", "negligibly better / unsure"]];
+const S = { task: null, outcome: null, winner: null, strength: "better", order: [], tied: new Set(),
+            noneAcceptable: false, focus: 0, ratings: {}, flags: {}, diff: false, activeMs: 0, busy: false };
+
+function randomId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function status(text, isError) {
+  const node = document.getElementById("status");
+  node.textContent = text;
+  node.classList.toggle("error", Boolean(isError));
+}
+
+// Time counts only while the page is visible and focused.
+setInterval(() => { if (S.task && document.visibilityState === "visible" && document.hasFocus()) S.activeMs += 250; }, 250);
+
+function groups() {
+  const out = [];
+  S.order.forEach((id, i) => { if (i > 0 && S.tied.has(id)) out[out.length - 1].push(id); else out.push([id]); });
+  return out;
+}
+
+function show(task) {
+  Object.assign(S, { task, outcome: null, winner: null, strength: "better", tied: new Set(), noneAcceptable: false,
+                     focus: 0, ratings: {}, flags: {}, diff: false, activeMs: 0 });
+  document.getElementById("done").classList.toggle("hidden", Boolean(task));
+  for (const id of ["prompt-card", "candidates", "keys"]) document.getElementById(id).classList.toggle("hidden", !task);
+  document.getElementById("rationale").value = "";
+  if (!task) return;
+  S.order = task.candidates.map((c) => c.id);
+  document.getElementById("prompt").innerHTML = task.prompt_html; // sanitised on the server
+  document.getElementById("guideline").textContent = "· guidelines " + task.guideline_version;
+  renderKeys();
+  render();
+}
+
+function candidateCard(cand, title, index) {
+  const card = TL.el("article", { class: "card cand", "data-id": String(cand.id) });
+  card.appendChild(TL.el("h3", {}, title));
+  const body = TL.el("div", { class: "body" });
+  body.innerHTML = cand.html; // sanitised on the server
+  card.appendChild(body);
+  if (cand.truncated) card.appendChild(TL.el("div", { class: "truncated" }, "cut off at the length limit"));
+  const extra = [];
+  if (S.ratings[cand.id]) extra.push("rating " + S.ratings[cand.id] + "/7");
+  for (const f of S.flags[cand.id] || []) extra.push("⚑ " + f);
+  if (extra.length) card.appendChild(TL.el("div", { class: "meta" }, extra.join(" · ")));
+  if (index === S.focus) card.classList.add("focus");
+  return card;
+}
+
+function render() {
+  const box = document.getElementById("candidates");
+  box.textContent = "";
+  const task = S.task;
+  if (task.kind === "pairwise") {
+    box.className = "pair";
+    task.candidates.forEach((cand, i) => {
+      const card = candidateCard(cand, (i === 0 ? "A" : "B") + "  [" + (i + 1) + "]", i);
+      if (S.outcome === "win" && S.winner === cand.id) card.classList.add("picked");
+      if (S.outcome === "both_bad") card.classList.add("bad");
+      if (S.diff) {
+        const ops = TLDiff.compare(task.candidates[0].text, task.candidates[1].text);
+        if (ops) TLDiff.render(card.querySelector(".body"), ops, i === 0 ? "a" : "b");
+      }
+      box.appendChild(card);
+    });
+  } else {
+    box.className = "ranking";
+    const byId = Object.fromEntries(task.candidates.map((c) => [c.id, c]));
+    let rank = 0;
+    S.order.forEach((id, i) => {
+      if (!(i > 0 && S.tied.has(id))) rank += 1;
+      const title = "#" + rank + (i > 0 && S.tied.has(id) ? "  (= tied with the one above)" : "");
+      box.appendChild(candidateCard(byId[id], title, i));
+    });
+  }
+  renderAnswer();
+}
+
+function renderAnswer() {
+  const line = document.getElementById("answer-line");
+  line.textContent = "";
+  if (S.task.kind === "pairwise") {
+    const names = { win: null, tie: "tie", both_bad: "both bad" };
+    let text = "Your answer: ";
+    if (S.outcome === null) text += "—";
+    else if (S.outcome === "win") text += (S.winner === S.task.candidates[0].id ? "A" : "B") + " is " + S.strength + " better";
+    else text += names[S.outcome];
+    line.appendChild(TL.el("strong", {}, text));
+  } else {
+    const label = groups().map((g) => g.map((id) => "#" + (S.order.indexOf(id) + 1)).join(" = ")).join("  >  ");
+    line.appendChild(TL.el("strong", {}, "Ranking: " + label + (S.noneAcceptable ? "   (none acceptable)" : "")));
+  }
+  const flagLine = document.getElementById("flag-line");
+  flagLine.textContent = "";
+  for (const [name, label, key] of S.task.flags) flagLine.appendChild(TL.el("span", {}, "[" + key + "] " + label));
+}
+
+function renderKeys() {
+  const keys = document.getElementById("keys");
+  keys.textContent = "";
+  const rows = S.task.kind === "pairwise"
+    ? [["1 / 2", "A / B is better"], ["0", "tie"], ["9", "both bad"],
+       ...STRENGTHS.map(([k, , label]) => [k, label]), ["← / →", "focus A / B"], ["d", "highlight differences"]]
+    : [["↑ / ↓", "focus"], ["Shift+↑ / Shift+↓", "move the focused response up / down"],
+       ["=", "tie the focused response with the one above"], ["n", "none acceptable"]];
+  rows.push(["Shift+1…7", "rate the focused response 1–7"], ["c", "write a rationale"], ["Enter", "submit"]);
+  for (const [k, what] of rows) {
+    const item = TL.el("span", {});
+    item.appendChild(TL.el("kbd", {}, k));
+    item.appendChild(document.createTextNode(" " + what + "   "));
+    keys.appendChild(item);
+  }
+}
+
+function focusedId() { return S.task.kind === "pairwise" ? S.task.candidates[S.focus].id : S.order[S.focus]; }
+
+function moveFocused(delta) {
+  const i = S.focus, j = i + delta;
+  if (j < 0 || j >= S.order.length) return;
+  [S.order[i], S.order[j]] = [S.order[j], S.order[i]];
+  const a = S.tied.has(S.order[i]), b = S.tied.has(S.order[j]); // tie marks stay with positions
+  S.tied.delete(S.order[i]); S.tied.delete(S.order[j]);
+  if (b) S.tied.add(S.order[i]);
+  if (a) S.tied.add(S.order[j]);
+  S.focus = j;
+}
+
+function answer() {
+  const extra = { ratings: S.ratings, flags: S.flags };
+  if (S.task.kind === "pairwise") {
+    if (S.outcome === null) return null;
+    return S.outcome === "win" ? { outcome: "win", winner: S.winner, strength: S.strength, ...extra } : { outcome: S.outcome, ...extra };
+  }
+  return { ranking: groups(), none_acceptable: S.noneAcceptable, ...extra };
+}
+
+async function submit() {
+  const ans = answer();
+  if (!ans) { status("Pick an answer first: 1, 2, 0 or 9.", true); return; }
+  if (S.busy) return;
+  S.busy = true;
+  const body = { id: randomId(), lease_id: S.task.lease_id, answer: ans,
+                 rationale: document.getElementById("rationale").value, active_ms: S.activeMs };
+  try {
+    let result = null;
+    for (let attempt = 0; attempt < 3 && !result; attempt++) { // the same id: a retry cannot double-count
+      try { result = await TL.call("POST", "/api/judgments", body); }
+      catch (err) { if (err.status || attempt === 2) throw err; await new Promise((r) => setTimeout(r, 500)); }
+    }
+    status("Saved.");
+    show(result.next);
+    refreshMe();
+  } catch (err) {
+    status(err.message, true);
+    if (err.status === 409) show(await TL.call("POST", "/api/tasks/next", {}));
+  } finally { S.busy = false; }
+}
+
+function onKey(event) {
+  const typing = document.activeElement && document.activeElement.id === "rationale";
+  if (typing) { if (event.key === "Escape") document.activeElement.blur(); return; }
+  if (!S.task) return;
+  const pair = S.task.kind === "pairwise";
+  const digit = /^Digit([0-9])$/.exec(event.code);
+  let handled = true;
+  if (event.shiftKey && digit && +digit[1] >= 1 && +digit[1] <= 7) S.ratings[focusedId()] = +digit[1];
+  else if (event.key === "Enter") { event.preventDefault(); submit(); return; }
+  else if (event.key === "c") { event.preventDefault(); document.getElementById("rationale").focus(); return; }
+  else if (pair && (event.key === "1" || event.key === "2")) {
+    S.outcome = "win"; S.winner = S.task.candidates[+event.key - 1].id;
+  } else if (pair && event.key === "0") { S.outcome = "tie"; S.winner = null; }
+  else if (pair && event.key === "9") { S.outcome = "both_bad"; S.winner = null; }
+  else if (pair && STRENGTHS.some(([k]) => k === event.key)) S.strength = STRENGTHS.find(([k]) => k === event.key)[1];
+  else if (pair && (event.key === "ArrowLeft" || event.key === "ArrowRight")) S.focus = event.key === "ArrowLeft" ? 0 : 1;
+  else if (pair && event.key === "d") S.diff = !S.diff;
+  else if (!pair && (event.key === "ArrowUp" || event.key === "ArrowDown")) {
+    const delta = event.key === "ArrowUp" ? -1 : 1;
+    if (event.shiftKey) moveFocused(delta);
+    else S.focus = Math.max(0, Math.min(S.order.length - 1, S.focus + delta));
+  } else if (!pair && event.key === "=") {
+    const id = S.order[S.focus];
+    if (S.focus > 0) { if (S.tied.has(id)) S.tied.delete(id); else S.tied.add(id); }
+  } else if (!pair && event.key === "n") S.noneAcceptable = !S.noneAcceptable;
+  else {
+    const flag = S.task.flags.find(([, , key]) => key === event.key);
+    if (flag) {
+      const id = focusedId(), list = S.flags[id] || [];
+      S.flags[id] = list.includes(flag[0]) ? list.filter((f) => f !== flag[0]) : [...list, flag[0]];
+    } else handled = false;
+  }
+  if (handled) { event.preventDefault(); render(); }
+}
+
+async function refreshMe() {
+  const me = await TL.me();
+  document.getElementById("who").textContent = me.name + " (" + me.role + ")";
+  document.getElementById("admin-link").classList.toggle("hidden", me.role !== "admin");
+  const s = me.stats;
+  document.getElementById("progress").textContent =
+    "judged " + s.judged + " · left for you " + s.left + " · median " + TL.fmt(s.median_seconds, 1) + " s";
+}
+
+async function start() {
+  document.addEventListener("keydown", onKey);
+  document.getElementById("logout").addEventListener("click", TL.logout);
+  await refreshMe();
+  show(await TL.call("POST", "/api/tasks/next", {}));
+}
+
+start().catch((err) => status(err.message, true));
