@@ -33,10 +33,3 @@ def tiny_model(tiny_name):
 
     model, _ = load_causal_lm(ModelConfig(name=tiny_name), trainable=False)
     return model
-
-
-def write_jsonl(path, rows) -> str:
-    import json
-
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)

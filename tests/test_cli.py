@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import write_jsonl
+from datafiles import write_jsonl
 from tuneloop.cli import main
 from tuneloop.data.bundled import chatterbot_pairs
 

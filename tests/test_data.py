@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import write_jsonl
+from datafiles import write_jsonl
 from tuneloop.data import DataError, load_records
 from tuneloop.data.formats import detect_format, prompt_messages, sft_messages
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_jsonl
+from datafiles import write_jsonl
 from tuneloop.config import load_config
 from tuneloop.data.bundled import chatterbot_pairs
 from tuneloop.train.sft import SFTConfig, train

@@ -26,7 +26,6 @@ import torch
 
 from tuneloop.atomic import atomic_dir
 from tuneloop.batches import SFTBatch
-from tuneloop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tuneloop.data import load_records
 from tuneloop.data.chat import Tokenized
 from tuneloop.data.packing import collate_padded, collate_padding_free, pack_best_fit
@@ -34,11 +33,18 @@ from tuneloop.data.sft import TokenStats, tokenize_sft
 from tuneloop.losses.sft import masked_nll_sum
 from tuneloop.models import ModelConfig, load_causal_lm
 from tuneloop.models.loading import load_tokenizer, save_model
-from tuneloop.runs import RunConfig, RunDir, new_run_dir
+from tuneloop.runs import RunConfig, RunDir
 from tuneloop.tracking import Tracker
-from tuneloop.train.batch_plan import BatchConfig, BatchPlan, make_batch_plan, step_micro_batches
 from tuneloop.train.accumulate import accumulate_gradients, optimizer_step
-from tuneloop.train.optim import OptimConfig, build_optimizer, build_scheduler
+from tuneloop.train.batch_plan import BatchConfig, BatchPlan, make_batch_plan, step_micro_batches
+from tuneloop.train.optim import OptimConfig
+from tuneloop.train.session import (
+    checkpoint,
+    open_run_dir,
+    prepare_optimisation,
+    resume_if_any,
+    start_accelerator,
+)
 
 
 @dataclass
@@ -177,37 +183,25 @@ class _Session:
 
 
 def _setup(cfg: SFTConfig, resume_dir: str | Path | None) -> _Session:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, world = accelerator.process_index, accelerator.num_processes
-    set_seed(cfg.run.seed)
+    accelerator = start_accelerator(cfg.run.seed)
     # Data first: a bad file fails here, before any run folder exists.
     tokenizer = load_tokenizer(cfg.model.name)
     data = prepare_data(cfg, tokenizer)
-    plan = make_batch_plan(cfg.batch, len(data.units), world)
+    plan = make_batch_plan(cfg.batch, len(data.units), accelerator.num_processes)
     model, tokenizer = load_causal_lm(cfg.model)
     model.train()
     keep = _supports_logits_to_keep(model)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, plan.total_steps, cfg.optim)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    run = RunDir(Path(resume_dir)) if resume_dir is not None else _shared_run_dir(cfg.run, accelerator)
-    start_step, tokens_seen = 0, 0
-    if resume_dir is not None and (checkpoints := list_checkpoints(run.checkpoints)):
-        state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler, rank, world)
-        start_step, tokens_seen = state["step"], state["tokens_seen"]
-        if accelerator.is_main_process:
-            print(f"[tuneloop] resuming {run.path} from {checkpoints[-1].name}")
+    model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, accelerator)
+    run = open_run_dir(cfg.run, "sft", accelerator, resume_dir)
+    state = resume_if_any(run, model, optimizer, scheduler, accelerator) if resume_dir is not None else None
     if accelerator.is_main_process:
         run.write_config(cfg)
         print(f"[tuneloop] sft: {len(data.train_docs)} train / {len(data.eval_docs)} eval documents, "
               f"{len(data.units)} sequences, {plan.total_steps} steps of {plan.batch_size} "
-              f"({plan.accumulation_steps} × {plan.micro_batch_size} × {world} processes); "
+              f"({plan.accumulation_steps} × {plan.micro_batch_size} × {accelerator.num_processes} processes); "
               f"{data.stats.trained_fraction:.1%} of tokens are trained; run folder {run.path}")
-    return _Session(accelerator, model, tokenizer, optimizer, scheduler, data, plan, run, keep, start_step,
-                    tokens_seen)
+    return _Session(accelerator, model, tokenizer, optimizer, scheduler, data, plan, run, keep,
+                    state["step"] if state else 0, state["tokens_seen"] if state else 0)
 
 
 def train(cfg: SFTConfig, resume_dir: str | Path | None = None,
@@ -253,9 +247,8 @@ def train(cfg: SFTConfig, resume_dir: str | Path | None = None,
             tracker.log(done, evaluate(acc.unwrap_model(s.model), data.eval_docs, cfg, pad_id, s.keep_trained_only),
                         "eval")
         if cfg.save_every and done % cfg.save_every == 0:
-            save_checkpoint(s.run.checkpoints, done, acc.unwrap_model(s.model), s.optimizer, s.scheduler,
-                            {"tokens_seen": tokens_seen}, acc.process_index, acc.num_processes, cfg.keep_checkpoints,
-                            acc.wait_for_everyone)
+            checkpoint(s.run, done, s.model, s.optimizer, s.scheduler, acc, {"tokens_seen": tokens_seen},
+                       cfg.keep_checkpoints)
     summary = _finish(cfg, s, tracker, tokens_seen, (tokens_seen - tokens_at_start) / max(time.time() - t_start, 1e-9))
     return SFTResult(s.run.path, s.run.model, summary)
 
@@ -276,12 +269,3 @@ def _finish(cfg: SFTConfig, s: _Session, tracker: Tracker, tokens_seen: int, tok
     tracker.close()
     s.accelerator.wait_for_everyone()
     return summary
-
-
-def _shared_run_dir(run_cfg: RunConfig, accelerator) -> RunDir:
-    """The main process creates the run folder; every process learns its path."""
-    from accelerate.utils import broadcast_object_list
-
-    holder = [str(new_run_dir(run_cfg, "sft").path) if accelerator.is_main_process else None]
-    broadcast_object_list(holder, from_process=0)
-    return RunDir(Path(holder[0]))

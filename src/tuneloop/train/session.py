@@ -1,0 +1,61 @@
+"""Set-up and tear-down every training stage shares: the accelerator, the run folder on every
+process, optimizer + schedule, resume from the newest checkpoint, periodic checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneloop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from tuneloop.runs import RunConfig, RunDir, new_run_dir
+from tuneloop.train.optim import OptimConfig, build_optimizer, build_scheduler
+
+
+def start_accelerator(seed: int):
+    """An Accelerator (CPU when no GPU) with every RNG seeded."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(seed)
+    return accelerator
+
+
+def open_run_dir(run_cfg: RunConfig, stage: str, accelerator, resume_dir: str | Path | None) -> RunDir:
+    """The resumed run's folder, or a new one that the main process creates and every process learns."""
+    if resume_dir is not None:
+        return RunDir(Path(resume_dir))
+    from accelerate.utils import broadcast_object_list
+
+    holder = [str(new_run_dir(run_cfg, stage).path) if accelerator.is_main_process else None]
+    broadcast_object_list(holder, from_process=0)
+    return RunDir(Path(holder[0]))
+
+
+def prepare_optimisation(model, cfg: OptimConfig, total_steps: int, accelerator):
+    """AdamW + schedule, and the model/optimizer wrapped for the current distributed set-up."""
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, total_steps, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler
+
+
+def resume_if_any(run: RunDir, model, optimizer, scheduler, accelerator) -> dict[str, Any] | None:
+    """Restore the newest complete checkpoint of ``run``; returns its saved state, or None."""
+    checkpoints = list_checkpoints(run.checkpoints)
+    if not checkpoints:
+        return None
+    state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler,
+                            accelerator.process_index, accelerator.num_processes)
+    if accelerator.is_main_process:
+        print(f"[tuneloop] resuming {run.path} from {checkpoints[-1].name}")
+    return state
+
+
+def checkpoint(run: RunDir, step: int, model, optimizer, scheduler, accelerator, state: dict[str, Any],
+               keep: int) -> None:
+    """Called by every process at an optimizer-step boundary."""
+    save_checkpoint(run.checkpoints, step, accelerator.unwrap_model(model), optimizer, scheduler, state,
+                    accelerator.process_index, accelerator.num_processes, keep, accelerator.wait_for_everyone)
