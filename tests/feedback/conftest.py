@@ -60,3 +60,90 @@ def store(tmp_path):
     s = Store.open(tmp_path / "labels.db")
     yield s
     s.close()
+
+
+# -- PostgreSQL: started by the tests themselves from the Debian binaries ----------------------------------
+def _pg_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A throwaway PostgreSQL on 127.0.0.1 (trust auth, fsync off); yields its base URL.
+
+    Skips when the binaries are absent, unless TUNELOOP_REQUIRE_PG is set (CI sets it: there it must run).
+    As root, the server runs as the 'postgres' user through runuser.
+    """
+    import shutil
+    import subprocess
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        if os.environ.get("TUNELOOP_REQUIRE_PG"):
+            pytest.fail("TUNELOOP_REQUIRE_PG is set but initdb/pg_ctl were not found")
+        pytest.skip("PostgreSQL binaries not installed")
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="tuneloop-pg-"))  # pytest's own tmp folders are root-only
+    data = root / "data"
+    prefix = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    def run(cmd):
+        done = subprocess.run(prefix + cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{cmd[0]} failed: {done.stdout}{done.stderr}")
+
+    run([initdb, "-D", str(data), "-U", "tuneloop", "--auth=trust", "-E", "UTF8"])
+    opts = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
+    run([pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"])
+    try:
+        yield f"postgresql://tuneloop@127.0.0.1:{port}"
+    finally:
+        subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_DB_COUNTER = [0]
+
+
+def new_pg_database(base_url: str) -> str:
+    import psycopg
+
+    _DB_COUNTER[0] += 1
+    name = f"t{os.getpid()}_{_DB_COUNTER[0]}"
+    with psycopg.connect(base_url + "/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{base_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request, tmp_path):
+    """The same test on SQLite and on PostgreSQL."""
+    from tuneloop.feedback.store import Store
+
+    if request.param == "sqlite":
+        location = tmp_path / "labels.db"
+    else:
+        location = new_pg_database(request.getfixturevalue("pg_server"))
+    s = Store.open(location)
+    yield s
+    s.close()

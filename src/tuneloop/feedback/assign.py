@@ -50,8 +50,7 @@ def next_task(store: Store, user_id: int, now: float | None = None, rng: random.
 def _next_task(store: Store, conn: Connection, user_id: int, now: float, rng: random.Random | None,
                cfg: dict) -> dict | None:
     rng = rng or random.Random(secrets.randbits(64))
-    if not store.is_sqlite:  # serialise hand-out so two leases never overfill an item
-        conn.execute(select(func.pg_advisory_xact_lock(7348)))
+    _serialise(store, conn)
     L = S.leases.c
     mine = conn.execute(select(S.leases).where(L.user_id == user_id, _open_lease(now))
                         .order_by(L.served_at).limit(1)).mappings().first()
@@ -73,6 +72,13 @@ def _next_task(store: Store, conn: Connection, user_id: int, now: float, rng: ra
                     served_at=now, expires_at=now + cfg["lease_seconds"], done=False)
         conn.execute(insert(S.leases).values(**mine))
     return _task(conn, mine, cfg)
+
+
+def _serialise(store: Store, conn: Connection) -> None:
+    """PostgreSQL: one hand-out or write at a time, taken before any row lock (so no deadlock with the
+    foreign-key locks a lease insert takes). SQLite's BEGIN IMMEDIATE already serialises writers."""
+    if not store.is_sqlite:
+        conn.execute(select(func.pg_advisory_xact_lock(7348)))
 
 
 def _choose_item(conn: Connection, user_id: int, now: float, cfg: dict, rng: random.Random):
@@ -128,6 +134,7 @@ def submit(store: Store, user_id: int, body: dict[str, Any], now: float | None =
     now = time.time() if now is None else now
     J = S.judgments.c
     with store.write() as conn:
+        _serialise(store, conn)
         cfg = store.settings(conn)
         seen = conn.execute(select(S.judgments).where(J.id == body["id"])).mappings().first()
         if seen is not None:
@@ -139,7 +146,7 @@ def submit(store: Store, user_id: int, body: dict[str, Any], now: float | None =
         else:
             row = _from_lease(conn, user_id, body, now, cfg)
         item = conn.execute(select(S.items, S.prompts.c.provenance).join_from(S.items, S.prompts)
-                            .where(S.items.c.id == row["item_id"]).with_for_update(of=S.items)).mappings().one()
+                            .where(S.items.c.id == row["item_id"]).with_for_update(of=S.items, key_share=True)).mappings().one()
         flag_names = [f[0] for f in cfg["flags"]]
         answer = validate_answer(item["kind"], list(item["candidate_ids"]), body["answer"], flag_names)
         counts = not row["is_repeat"] and not row.get("supersedes")
