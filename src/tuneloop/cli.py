@@ -60,11 +60,14 @@ def _run_config_stage(args, overrides: list[str]) -> int:
         cfg = load_config(cls, resume_dir / "config.yaml")
     else:
         cfg = load_config(cls, args.config, overrides)
-    print(dump_yaml(cfg), end="")
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch, print once
+    if is_main or args.print_config:
+        print(dump_yaml(cfg), end="")
     if args.print_config:
         return 0
     result = _import(args.run_fn)(cfg, resume_dir=resume_dir)
-    print(f"[tuneloop] {args.stage} finished: {result.run_dir}")
+    if is_main:
+        print(f"[tuneloop] {args.stage} finished: {result.run_dir}")
     return 0
 
 
