@@ -11,6 +11,18 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _cheap_password_hashing():
+    """argon2id at RFC 9106 strength costs ~0.5 s a hash; tests use a cheap argon2id instead."""
+    from argon2 import PasswordHasher
+
+    from tuneloop.feedback import auth
+
+    auth.use_hasher(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    yield
+    auth.use_hasher(auth.PRODUCTION_HASHER)
+
 WORDS = {
     "pos": ["wonderful", "moving", "brilliant", "delightful", "charming", "great", "superb", "funny", "warm"],
     "neg": ["dull", "awful", "boring", "terrible", "clumsy", "bad", "tedious", "weak", "ugly"],

@@ -14,8 +14,15 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 MIN_PASSWORD_CHARS = 10
-_HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory profile (t=3, m=64 MiB, p=4)
-_DUMMY_HASH = _HASHER.hash("a password nobody has, checked for unknown users")
+PRODUCTION_HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory profile (t=3, m=64 MiB, p=4)
+_HASHER = PRODUCTION_HASHER  # tests swap in a cheap hasher with use_hasher() to stay fast
+_DUMMY_HASH: str | None = None  # made on first use, so starting the server costs no hash
+
+
+def use_hasher(hasher: PasswordHasher) -> None:
+    """Replace the password hasher (tests only: production keeps argon2id with RFC 9106 parameters)."""
+    global _HASHER, _DUMMY_HASH
+    _HASHER, _DUMMY_HASH = hasher, None
 
 
 def hash_password(password: str) -> str:
@@ -26,6 +33,9 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """True if ``password`` matches. Unknown users cost the same time as known ones."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = _HASHER.hash("a password nobody has, checked for unknown users")
     try:
         return _HASHER.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (VerificationError, InvalidHashError):
