@@ -133,6 +133,7 @@ judgments = Table(
           sqlite_where=text("supersedes IS NULL AND NOT is_repeat"),
           postgresql_where=text("supersedes IS NULL AND NOT is_repeat")),
     Index("ux_judgments_supersedes", "supersedes", unique=True),
+    Index("ix_judgments_item_user", "item_id", "user_id"),
     Index("ix_judgments_user", "user_id"),
 )
 

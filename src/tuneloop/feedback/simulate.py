@@ -3,8 +3,8 @@
 Each annotator sees a task, perceives every candidate's gold score plus Gaussian noise (a Thurstone
 case-V rater), and answers from the perceived scores: the higher wins (a tie inside ``tie_band``),
 strength from the perceived gap in units of the noise, rankings by perceived score, a 1–7 rating
-from the perceived score. The requests go through the real FastAPI app in-process (Starlette's test
-client, no socket), so the store, leases, overlap and validation are exactly those people meet.
+from the perceived score. The requests go through the real FastAPI app in-process (httpx's ASGI
+transport, no socket), so the store, leases, overlap and validation are exactly those people meet.
 
 Noise calibration (``noise="auto"``): for a candidate pair with gold gap Δ, one rater prefers the
 better one with p = Φ(|Δ| / (σ√2)), and two independent raters agree with p² + (1 − p)². σ is found by
@@ -129,10 +129,9 @@ def simulate(store: Store | str | Path, candidates_path: str | Path | None = Non
              noise: float | str = "auto", target_agreement: float = 0.75, tie_band: float = 0.0,
              pairs_per_prompt: int | None = None, name_prefix: str = "sim") -> SimulationResult:
     """Run the panel until no task is left for any of its annotators; returns what happened."""
-    from fastapi.testclient import TestClient
+    import asyncio
 
     from tuneloop.feedback.quality import quality_report
-    from tuneloop.feedback.server import create_app
 
     if num_annotators < 1 or overlap < 1:
         raise ValueError(f"need num_annotators ≥ 1 and overlap ≥ 1, got {num_annotators} and {overlap}")
@@ -149,29 +148,40 @@ def simulate(store: Store | str | Path, candidates_path: str | Path | None = Non
         if name not in existing:
             store.create_user(name, "annotator")
     tokens = {n: store.issue_token(n, ["judge"], label="simulated rater") for n in names}
-    rngs = {n: random.Random(f"{seed}:{n}") for n in names}
-    client = TestClient(create_app(store, login_limit=None, submit_limit=None))
-    headers = {n: {"Authorization": f"Bearer {tokens[n]}"} for n in names}
-    tasks = {n: _call(client.post("/api/tasks/next", headers=headers[n])) for n in names}
-    count = 0
-    while any(tasks.values()):
-        for name in names:
-            task = tasks[name]
-            if not task:
-                continue
-            body = {"id": uuid.uuid4().hex, "lease_id": task["lease_id"],
-                    "answer": _answer(task, gold, sigma, tie_band, rngs[name]),
-                    "active_ms": int(rngs[name].uniform(2_000, 20_000))}
-            response = client.post("/api/judgments", json=body, headers=headers[name])
-            if response.status_code == 409:  # the item filled up meanwhile: ask for another
-                tasks[name] = _call(client.post("/api/tasks/next", headers=headers[name]))
-                continue
-            tasks[name] = _call(response)["next"]
-            count += 1
-    client.close()
+    count = asyncio.run(_panel(store, names, tokens, gold, sigma, tie_band, seed))
     report = quality_report(store)["pairwise"]
     return SimulationResult(count, names, sigma, expected_agreement(gaps, sigma), report["raw_agreement"],
                             report["fleiss_kappa"], report["krippendorff_alpha"], time.time() - started, imported)
+
+
+async def _panel(store: Store, names: list[str], tokens: dict[str, str], gold: dict[int, float], sigma: float,
+                 tie_band: float, seed: int) -> int:
+    """Annotators take turns (deterministic order) until none has a task left; returns judgments written."""
+    import httpx
+
+    from tuneloop.feedback.server import create_app
+
+    app = create_app(store, login_limit=None, submit_limit=None)
+    rngs = {n: random.Random(f"{seed}:{n}") for n in names}
+    headers = {n: {"Authorization": f"Bearer {tokens[n]}"} for n in names}
+    count = 0
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        tasks = {n: _call(await client.post("/api/tasks/next", headers=headers[n])) for n in names}
+        while any(tasks.values()):
+            for name in names:
+                task = tasks[name]
+                if not task:
+                    continue
+                body = {"id": uuid.uuid4().hex, "lease_id": task["lease_id"],
+                        "answer": _answer(task, gold, sigma, tie_band, rngs[name]),
+                        "active_ms": int(rngs[name].uniform(2_000, 20_000))}
+                response = await client.post("/api/judgments", json=body, headers=headers[name])
+                if response.status_code == 409:  # the item filled up meanwhile: ask for another
+                    tasks[name] = _call(await client.post("/api/tasks/next", headers=headers[name]))
+                    continue
+                tasks[name] = _call(response)["next"]
+                count += 1
+    return count
 
 
 def _call(response) -> Any:
