@@ -12,7 +12,7 @@ from tuneloop.data.preferences import preference_pair, ranking
 from tuneloop.feedback import assign
 from tuneloop.feedback.export import export_all, export_pairs, pair_records, ranking_records
 from tuneloop.feedback.importer import import_candidates
-from tuneloop.feedback.simulate import simulate
+from tuneloop.feedback.panel import simulate
 
 
 def _lease_and_answer(store, uid, answer_for):

@@ -8,7 +8,7 @@ from conftest import write_candidates
 
 from tuneloop.feedback import Store
 from tuneloop.feedback import cli as label_cli
-from tuneloop.feedback.simulate import simulate
+from tuneloop.feedback.panel import simulate
 
 
 def test_default_panel_agrees_like_instructgpt_labellers(tmp_path):

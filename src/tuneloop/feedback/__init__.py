@@ -10,16 +10,23 @@ Python API (no server needed)::
 
 Modules: ``store`` (SQLite/PostgreSQL), ``schema`` (tables, migrations), ``importer``, ``assign`` (leases
 and writes), ``answers`` (what a judgment may say), ``agreement`` and ``aggregate`` (pure statistics),
-``quality`` (the report), ``export``, ``server`` (FastAPI) with ``static/`` pages, ``simulate``, ``cli``.
+``quality`` (the report), ``export``, ``server`` (FastAPI) with ``static/`` pages, ``panel`` (simulated raters), ``cli``.
 See docs/labelling.md.
 """
 
 from __future__ import annotations
 
-from tuneloop.feedback.export import export_all, export_pairs
-from tuneloop.feedback.importer import import_candidates
-from tuneloop.feedback.simulate import SimulationResult, simulate, vader_scorer
-from tuneloop.feedback.store import Store
+import importlib
 
-__all__ = ["SimulationResult", "Store", "export_all", "export_pairs", "import_candidates", "simulate",
-           "vader_scorer"]
+_EXPORTS = {"export_all": "export", "export_pairs": "export", "import_candidates": "importer",
+            "SimulationResult": "panel", "simulate": "panel", "vader_scorer": "panel", "Store": "store"}
+
+
+def __getattr__(name: str):
+    """Import on first use, so `tuneloop label serve` starts without loading what it does not need."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tuneloop.feedback' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tuneloop.feedback.{_EXPORTS[name]}"), name)
+
+
+__all__ = sorted(_EXPORTS)

@@ -19,7 +19,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, insert, not_, select, update
+from sqlalchemy import and_, bindparam, exists, false, func, not_, select, update
 from sqlalchemy.engine import Connection
 
 from tuneloop.feedback import schema as S
@@ -35,9 +35,40 @@ class NotFound(Exception):
     """No such lease or judgment for this annotator: HTTP 404 (never reveals others' rows)."""
 
 
-def _open_lease(now: float):
+def _open_lease(now):
     L = S.leases.c
     return and_(not_(L.done), L.expires_at > now)
+
+
+# The hot path's statements, built once (building a statement costs more than running it on SQLite).
+_I, _J, _L, _C = S.items.c, S.judgments.c, S.leases.c, S.candidates.c
+_NOW, _UID, _ITEM = bindparam("now"), bindparam("uid"), bindparam("b_item")
+_JUDGED_BY_ME = exists().where(_J.item_id == _I.id, _J.user_id == _UID)
+_LEASED_TO_ME = exists().where(_L.item_id == _I.id, _L.user_id == _UID, _open_lease(_NOW))
+_OPEN_LEASES = select(func.count()).where(_L.item_id == _I.id, not_(_L.is_repeat), _open_lease(_NOW)).scalar_subquery()
+Q_MY_OPEN_LEASE = (select(S.leases).where(_L.user_id == _UID, _open_lease(_NOW))
+                   .order_by(_L.served_at).limit(1))
+Q_ITEM_STATE = select(_I.n_done, _I.is_gold, _I.candidate_ids).where(_I.id == _ITEM)
+Q_NEXT_ITEM = (select(_I.id).where(_I.is_gold == false(), _I.n_done < bindparam("overlap"),
+                                   _I.n_done + _OPEN_LEASES < bindparam("overlap"),
+                                   not_(_JUDGED_BY_ME), not_(_LEASED_TO_ME))
+               .order_by(_I.n_done.desc(), _I.shuffle_key).limit(1))
+Q_NEXT_GOLD = (select(_I.id).where(_I.is_gold, not_(_JUDGED_BY_ME), not_(_LEASED_TO_ME))
+               .order_by(_I.shuffle_key).limit(1))
+Q_NEXT_REPEAT = (select(_I.id).where(not_(_I.is_gold), _JUDGED_BY_ME, not_(_LEASED_TO_ME),
+                                     ~exists().where(_J.item_id == _I.id, _J.user_id == _UID, _J.is_repeat))
+                 .order_by(func.random()).limit(1))
+Q_TASK_ITEM = (select(_I.id, _I.kind, _I.candidate_ids, S.prompts.c.prompt, S.prompts.c.messages)
+               .join_from(S.items, S.prompts).where(_I.id == _ITEM))
+Q_TASK_CANDIDATES = select(_C.id, _C.text, _C.finish_reason).where(_C.id.in_(bindparam("ids", expanding=True)))
+Q_SEEN = select(S.judgments).where(_J.id == bindparam("jid"))
+Q_MY_LEASE = select(S.leases).where(_L.id == bindparam("lease"), _L.user_id == _UID)
+Q_ITEM_FOR_WRITE = (select(S.items, S.prompts.c.provenance).join_from(S.items, S.prompts).where(_I.id == _ITEM)
+                    .with_for_update(of=S.items, key_share=True))
+Q_MY_PRIMARY = select(_J.id).where(_J.item_id == _ITEM, _J.user_id == _UID, _J.supersedes.is_(None), not_(_J.is_repeat))
+U_ITEM_COUNT = update(S.items).where(_I.id == _ITEM).values(n_done=_I.n_done + 1)
+U_LEASE_DONE = update(S.leases).where(_L.id == bindparam("lease")).values(done=True)
+Q_ADVISORY = select(func.pg_advisory_xact_lock(7348))
 
 
 def next_task(store: Store, user_id: int, now: float | None = None, rng: random.Random | None = None) -> dict | None:
@@ -51,26 +82,21 @@ def _next_task(store: Store, conn: Connection, user_id: int, now: float, rng: ra
                cfg: dict) -> dict | None:
     rng = rng or random.Random(secrets.randbits(64))
     _serialise(store, conn)
-    L = S.leases.c
-    mine = conn.execute(select(S.leases).where(L.user_id == user_id, _open_lease(now))
-                        .order_by(L.served_at).limit(1)).mappings().first()
+    mine = conn.execute(Q_MY_OPEN_LEASE, {"uid": user_id, "now": now}).mappings().first()
     if mine is not None and not mine["is_repeat"]:
-        item = conn.execute(select(S.items.c.n_done, S.items.c.is_gold)
-                            .where(S.items.c.id == mine["item_id"])).one()
+        item = conn.execute(Q_ITEM_STATE, {"b_item": mine["item_id"]}).one()
         if not item.is_gold and item.n_done >= cfg["overlap"]:  # filled by others after the lease lapsed
-            conn.execute(update(S.leases).where(L.id == mine["id"]).values(done=True))
+            conn.execute(U_LEASE_DONE, {"lease": mine["id"]})
             mine = None
     if mine is None:
         item_id, is_repeat = _choose_item(conn, user_id, now, cfg, rng)
         if item_id is None:
             return None
-        ids = conn.execute(select(S.items.c.candidate_ids).where(S.items.c.id == item_id)).scalar_one()
-        order = list(ids)
+        order = list(conn.execute(Q_ITEM_STATE, {"b_item": item_id}).one().candidate_ids)
         rng.shuffle(order)
-        lease_id = secrets.token_hex(12)
-        mine = dict(id=lease_id, item_id=item_id, user_id=user_id, display_order=order, is_repeat=is_repeat,
-                    served_at=now, expires_at=now + cfg["lease_seconds"], done=False)
-        conn.execute(insert(S.leases).values(**mine))
+        mine = dict(id=secrets.token_hex(12), item_id=item_id, user_id=user_id, display_order=order,
+                    is_repeat=is_repeat, served_at=now, expires_at=now + cfg["lease_seconds"], done=False)
+        conn.execute(S.leases.insert(), mine)
     return _task(conn, mine, cfg)
 
 
@@ -78,44 +104,29 @@ def _serialise(store: Store, conn: Connection) -> None:
     """PostgreSQL: one hand-out or write at a time, taken before any row lock (so no deadlock with the
     foreign-key locks a lease insert takes). SQLite's BEGIN IMMEDIATE already serialises writers."""
     if not store.is_sqlite:
-        conn.execute(select(func.pg_advisory_xact_lock(7348)))
+        conn.execute(Q_ADVISORY)
 
 
 def _choose_item(conn: Connection, user_id: int, now: float, cfg: dict, rng: random.Random):
-    I, J, L = S.items.c, S.judgments.c, S.leases.c
-    judged_by_me = exists().where(J.item_id == I.id, J.user_id == user_id)
-    leased_to_me = exists().where(L.item_id == I.id, L.user_id == user_id, _open_lease(now))
+    params = {"uid": user_id, "now": now, "overlap": cfg["overlap"]}
     if cfg["repeat_rate"] > 0 and rng.random() < cfg["repeat_rate"]:
-        repeated = exists().where(J.item_id == I.id, J.user_id == user_id, J.is_repeat)
-        row = conn.execute(select(I.id).where(not_(I.is_gold), judged_by_me, not_(repeated), not_(leased_to_me))
-                           .order_by(func.random()).limit(1)).first()
+        row = conn.execute(Q_NEXT_REPEAT, params).first()
         if row:
             return row[0], True
     if cfg["gold_rate"] > 0 and rng.random() < cfg["gold_rate"]:
-        row = conn.execute(select(I.id).where(I.is_gold, not_(judged_by_me), not_(leased_to_me))
-                           .order_by(I.shuffle_key).limit(1)).first()
+        row = conn.execute(Q_NEXT_GOLD, params).first()
         if row:
             return row[0], False
-    open_leases = (select(func.count()).where(L.item_id == I.id, not_(L.is_repeat), _open_lease(now))
-                   .scalar_subquery())
-    row = conn.execute(select(I.id).where(I.is_gold == false(), I.n_done < cfg["overlap"],
-                                          I.n_done + open_leases < cfg["overlap"],
-                                          not_(judged_by_me), not_(leased_to_me))
-                       .order_by(I.n_done.desc(), I.shuffle_key).limit(1)).first()
+    row = conn.execute(Q_NEXT_ITEM, params).first()
     return (row[0], False) if row else (None, False)
 
 
 def _task(conn: Connection, lease, cfg: dict) -> dict:
-    item = conn.execute(select(S.items.c.id, S.items.c.kind, S.items.c.candidate_ids, S.prompts.c.prompt,
-                               S.prompts.c.messages).join_from(S.items, S.prompts)
-                        .where(S.items.c.id == lease["item_id"])).mappings().one()
-    prompt = item
-    rows = {r["id"]: r for r in conn.execute(
-        select(S.candidates.c.id, S.candidates.c.text, S.candidates.c.finish_reason)
-        .where(S.candidates.c.id.in_(item["candidate_ids"]))).mappings()}
+    item = conn.execute(Q_TASK_ITEM, {"b_item": lease["item_id"]}).mappings().one()
+    rows = {r.id: r for r in conn.execute(Q_TASK_CANDIDATES, {"ids": list(item["candidate_ids"])})}
     return {"lease_id": lease["id"], "item_id": item["id"], "kind": item["kind"],
-            "prompt": prompt["prompt"], "messages": prompt["messages"],
-            "candidates": [{"id": cid, "text": rows[cid]["text"], "truncated": rows[cid]["finish_reason"] == "length"}
+            "prompt": item["prompt"], "messages": item["messages"],
+            "candidates": [{"id": cid, "text": rows[cid].text, "truncated": rows[cid].finish_reason == "length"}
                            for cid in lease["display_order"]],
             "served_at": lease["served_at"], "expires_at": lease["expires_at"],
             "guideline_version": cfg["guideline_version"], "flags": cfg["flags"]}
@@ -136,7 +147,7 @@ def submit(store: Store, user_id: int, body: dict[str, Any], now: float | None =
     with store.write() as conn:
         _serialise(store, conn)
         cfg = store.settings(conn)
-        seen = conn.execute(select(S.judgments).where(J.id == body["id"])).mappings().first()
+        seen = conn.execute(Q_SEEN, {"jid": body["id"]}).mappings().first()
         if seen is not None:
             if seen["user_id"] != user_id:
                 raise Conflict("this judgment id is already in use")
@@ -145,15 +156,13 @@ def submit(store: Store, user_id: int, body: dict[str, Any], now: float | None =
             row = _correction(conn, user_id, body)
         else:
             row = _from_lease(conn, user_id, body, now, cfg)
-        item = conn.execute(select(S.items, S.prompts.c.provenance).join_from(S.items, S.prompts)
-                            .where(S.items.c.id == row["item_id"]).with_for_update(of=S.items, key_share=True)).mappings().one()
+        item = conn.execute(Q_ITEM_FOR_WRITE, {"b_item": row["item_id"]}).mappings().one()
         flag_names = [f[0] for f in cfg["flags"]]
         answer = validate_answer(item["kind"], list(item["candidate_ids"]), body["answer"], flag_names)
         counts = not row["is_repeat"] and not row.get("supersedes")
         if counts and not item["is_gold"] and item["n_done"] >= cfg["overlap"]:
             raise Conflict(f"item {item['id']} already has its {cfg['overlap']} judgments")
-        if counts and conn.execute(select(J.id).where(J.item_id == item["id"], J.user_id == user_id,
-                                                      J.supersedes.is_(None), not_(J.is_repeat))).first():
+        if counts and conn.execute(Q_MY_PRIMARY, {"b_item": item["id"], "uid": user_id}).first():
             raise Conflict(f"you have already judged item {item['id']}")
         provenance = item["provenance"]
         stored = dict(id=body["id"], item_id=item["id"], user_id=user_id, lease_id=row.get("lease_id"),
@@ -162,17 +171,16 @@ def submit(store: Store, user_id: int, body: dict[str, Any], now: float | None =
                       active_ms=max(0, int(body.get("active_ms") or 0)), guideline_version=cfg["guideline_version"],
                       provenance=provenance, is_repeat=row["is_repeat"], is_gold=item["is_gold"],
                       supersedes=row.get("supersedes"))
-        conn.execute(insert(S.judgments).values(**stored))
+        conn.execute(S.judgments.insert(), stored)
         if counts:
-            conn.execute(update(S.items).where(S.items.c.id == item["id"]).values(n_done=S.items.c.n_done + 1))
+            conn.execute(U_ITEM_COUNT, {"b_item": item["id"]})
         if row.get("lease_id"):
-            conn.execute(update(S.leases).where(S.leases.c.id == row["lease_id"]).values(done=True))
+            conn.execute(U_LEASE_DONE, {"lease": row["lease_id"]})
         return "created", stored, _next_task(store, conn, user_id, now, None, cfg) if with_next else None
 
 
 def _from_lease(conn: Connection, user_id: int, body: dict, now: float, cfg: dict) -> dict:
-    lease = conn.execute(select(S.leases).where(S.leases.c.id == str(body.get("lease_id") or ""),
-                                                S.leases.c.user_id == user_id)).mappings().first()
+    lease = conn.execute(Q_MY_LEASE, {"lease": str(body.get("lease_id") or ""), "uid": user_id}).mappings().first()
     if lease is None:
         raise NotFound("no such task for you (it may belong to someone else)")
     if lease["done"]:

@@ -238,7 +238,7 @@ def settings_cmd(args, extra) -> int:
 
 def load_scorer(spec: str):
     """'vader' or 'module:function' → a callable text → float."""
-    from tuneloop.feedback.simulate import vader_scorer
+    from tuneloop.feedback.panel import vader_scorer
 
     if spec == "vader":
         return vader_scorer()
@@ -249,7 +249,7 @@ def load_scorer(spec: str):
 
 
 def simulate_cmd(args, extra) -> int:
-    from tuneloop.feedback.simulate import simulate, summary_line
+    from tuneloop.feedback.panel import simulate, summary_line
 
     noise = args.noise if args.noise == "auto" else float(args.noise)
     result = simulate(args.db, args.candidates, num_annotators=args.annotators, overlap=args.overlap,

@@ -71,17 +71,7 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
     submit_rl = RateLimiter(*submit_limit) if submit_limit else None
     app.state.store = store
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        if request.url.path.startswith("/api/"):
-            response.headers["Cache-Control"] = "no-store"
-        return response
+    app.add_middleware(SecurityHeaders)
 
     def principal(request: Request) -> Principal:
         auth = request.headers.get("authorization", "")
@@ -158,7 +148,7 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
 
     @app.post("/api/tasks/next")
     def next_task(who: Judge):
-        return _with_html(assign.next_task(store, who.id))
+        return JSONResponse(_with_html(assign.next_task(store, who.id)))
 
     @app.post("/api/judgments")
     def submit(body: JudgmentIn, who: Judge):
@@ -174,7 +164,7 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
             raise HTTPException(409, str(err)) from None
         except assign.NotFound as err:
             raise HTTPException(404, str(err)) from None
-        return {"status": status, "judgment": _public(row), "next": _with_html(following)}
+        return JSONResponse({"status": status, "judgment": _public(row), "next": _with_html(following)})
 
     @app.get("/api/judgments/mine")
     def mine(who: Judge, limit: int = 50):
@@ -208,6 +198,31 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     return app
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware adding the security headers to every response (cheaper than BaseHTTPMiddleware)."""
+
+    HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+               (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
+               (b"cross-origin-opener-policy", b"same-origin")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        api = scope["path"].startswith("/api/")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() not in dict(self.HEADERS)]
+                headers += self.HEADERS + ([(b"cache-control", b"no-store")] if api else [])
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _page(filename: str):

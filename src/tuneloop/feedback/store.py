@@ -14,13 +14,14 @@ import hashlib
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, insert, select, text, update
+from sqlalchemy import bindparam, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.feedback import schema as S
@@ -43,6 +44,13 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         ["inappropriate", "inappropriate for an assistant", "a"],
     ],
 }
+
+
+_Q_SETTINGS = select(S.settings.c.key, S.settings.c.value)
+_Q_TOKEN_USER = (select(S.api_tokens.c.secret_hash, S.api_tokens.c.revoked_at, S.api_tokens.c.scopes, S.users)
+                 .join_from(S.api_tokens, S.users).where(S.api_tokens.c.id == bindparam("token_id")))
+_Q_SESSION_USER = (select(S.sessions.c.csrf_token, S.sessions.c.expires_at, S.users)
+                   .join_from(S.sessions, S.users).where(S.sessions.c.id_hash == bindparam("id_hash")))
 
 
 def sha256_hex(value: str) -> str:
@@ -86,6 +94,10 @@ class Store:
     def __init__(self, engine: Engine, location: str):
         self.engine, self.location = engine, location
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time. Writers of this process queue on a lock instead of SQLite's
+        # busy handler, which sleeps and polls (unfair, and slow under many threads); busy_timeout still
+        # covers writers in other processes (a CLI command while the server runs).
+        self._write_lock = threading.Lock() if self.is_sqlite else None
 
     @classmethod
     def open(cls, location: str | Path, create: bool = True, synchronous: str = "FULL") -> Store:
@@ -121,7 +133,11 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction: ``BEGIN IMMEDIATE`` on SQLite (waits up to busy_timeout for the lock)."""
-        with self.engine.connect() as conn:
+        if self._write_lock is None:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        with self._write_lock, self.engine.connect() as conn:
             conn.execution_options(tuneloop_write=True)
             with conn.begin():
                 yield conn
@@ -161,7 +177,7 @@ class Store:
             with self.read() as c:
                 return self.settings(c)
         out = dict(DEFAULT_SETTINGS)
-        out.update({k: v for k, v in conn.execute(select(S.settings.c.key, S.settings.c.value))})
+        out.update({k: v for k, v in conn.execute(_Q_SETTINGS)})
         return out
 
     def set_setting(self, key: str, value: Any) -> None:
@@ -246,15 +262,12 @@ class Store:
         if len(parts) != 3 or parts[0] != "tl":
             return None
         with self.read() as conn:
-            row = conn.execute(select(S.api_tokens).where(S.api_tokens.c.id == parts[1])).mappings().first()
-            if row is None or row["revoked_at"] is not None:
-                return None
-            if not secrets.compare_digest(row["secret_hash"], sha256_hex(parts[2])):
-                return None
-            user = self.user(conn, user_id=row["user_id"])
-        if user is None or user["disabled"]:
+            row = conn.execute(_Q_TOKEN_USER, {"token_id": parts[1]}).mappings().first()
+        if row is None or row["revoked_at"] is not None or row["disabled"]:
             return None
-        return user, list(row["scopes"])
+        if not secrets.compare_digest(row["secret_hash"], sha256_hex(parts[2])):
+            return None
+        return row, list(row["scopes"])
 
     def create_session(self, user_id: int) -> tuple[str, str]:
         secret, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -267,13 +280,10 @@ class Store:
     def resolve_session(self, secret: str):
         """(user row, csrf token) for a live session, else None."""
         with self.read() as conn:
-            row = conn.execute(select(S.sessions).where(S.sessions.c.id_hash == sha256_hex(secret))).mappings().first()
-            if row is None or row["expires_at"] < time.time():
-                return None
-            user = self.user(conn, user_id=row["user_id"])
-        if user is None or user["disabled"]:
+            row = conn.execute(_Q_SESSION_USER, {"id_hash": sha256_hex(secret)}).mappings().first()
+        if row is None or row["expires_at"] < time.time() or row["disabled"]:
             return None
-        return user, row["csrf_token"]
+        return row, row["csrf_token"]
 
     def delete_session(self, secret: str) -> None:
         with self.write() as conn:
