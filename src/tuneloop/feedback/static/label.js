@@ -20,8 +20,16 @@ function status(text, isError) {
   node.classList.toggle("error", Boolean(isError));
 }
 
-// Time counts only while the page is visible and focused.
-setInterval(() => { if (S.task && document.visibilityState === "visible" && document.hasFocus()) S.activeMs += 250; }, 250);
+// Active time: the page is visible and either focused or used in the last 30 s.
+let lastInput = 0, lastTick = performance.now();
+document.addEventListener("keydown", () => { lastInput = Date.now(); }, true);
+function tick() {
+  const now = performance.now();
+  const engaged = document.hasFocus() || Date.now() - lastInput < 30000;
+  if (S.task && document.visibilityState === "visible" && engaged) S.activeMs += now - lastTick;
+  lastTick = now;
+}
+setInterval(tick, 250);
 
 function groups() {
   const out = [];
@@ -35,6 +43,7 @@ function show(task) {
   document.getElementById("done").classList.toggle("hidden", Boolean(task));
   for (const id of ["prompt-card", "candidates", "keys"]) document.getElementById(id).classList.toggle("hidden", !task);
   document.getElementById("rationale").value = "";
+  lastTick = performance.now();
   if (!task) return;
   S.order = task.candidates.map((c) => c.id);
   document.getElementById("prompt").innerHTML = task.prompt_html; // sanitised on the server
@@ -150,8 +159,9 @@ async function submit() {
   if (!ans) { status("Pick an answer first: 1, 2, 0 or 9.", true); return; }
   if (S.busy) return;
   S.busy = true;
+  tick();
   const body = { id: randomId(), lease_id: S.task.lease_id, answer: ans,
-                 rationale: document.getElementById("rationale").value, active_ms: S.activeMs };
+                 rationale: document.getElementById("rationale").value, active_ms: Math.round(S.activeMs) };
   try {
     let result = null;
     for (let attempt = 0; attempt < 3 && !result; attempt++) { // the same id: a retry cannot double-count
