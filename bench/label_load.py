@@ -106,13 +106,14 @@ class Tally:
             self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
 
 
-def annotator(base: str, token: str, tally: Tally, deadline: float, retry_unanswered: bool) -> None:
-    """Judge with no think time until nothing is left (or the deadline)."""
+def annotator(base: str, token: str, tally: Tally, deadline: float, retry_unanswered: bool,
+              stop: threading.Event) -> None:
+    """Judge with no think time until nothing is left, the deadline, or ``stop``."""
     headers = {"Authorization": f"Bearer {token}"}
     rng = random.Random(token)
     with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
         task, pending = None, None
-        while time.time() < deadline:
+        while time.time() < deadline and not stop.is_set():
             try:
                 if pending is None:
                     if task is None:
@@ -144,7 +145,7 @@ def annotator(base: str, token: str, tally: Tally, deadline: float, retry_unansw
                 if not retry_unanswered:
                     tally.errors.append(repr(err))
                     return
-                time.sleep(0.1)
+                time.sleep(0.3)
 
 
 def _setup(tmp: Path, annotators: int, items: int, overlap: int):
@@ -181,8 +182,8 @@ def _verify(db: Path, tally: Tally, log: Path) -> dict:
             "server_5xx": sum(v for k, v in tally.statuses.items() if k.startswith("5"))}
 
 
-def _threads(base, tokens, tally, deadline, retry):
-    threads = [threading.Thread(target=annotator, args=(base, t, tally, deadline, retry), daemon=True)
+def _threads(base, tokens, tally, deadline, retry, stop):
+    threads = [threading.Thread(target=annotator, args=(base, t, tally, deadline, retry, stop), daemon=True)
                for t in tokens]
     for t in threads:
         t.start()
@@ -203,7 +204,8 @@ def run_load(annotators: int = 50, items: int = 1700, overlap: int = 3, sync: st
     tally = Tally()
     started = time.time()
     try:
-        for t in _threads(f"http://127.0.0.1:{server.port}", tokens, tally, started + MAX_SECONDS, False):
+        for t in _threads(f"http://127.0.0.1:{server.port}", tokens, tally, started + MAX_SECONDS, False,
+                          threading.Event()):
             t.join()
     finally:
         seconds = time.time() - started
@@ -215,7 +217,7 @@ def run_load(annotators: int = 50, items: int = 1700, overlap: int = 3, sync: st
     return result
 
 
-def run_kill(kills: int = 20, annotators: int = 20, items: int = 3000, overlap: int = 3, sync: str = "FULL",
+def run_kill(kills: int = 20, annotators: int = 20, items: int = 1500, overlap: int = 3, sync: str = "FULL",
              seed: int = 0, workdir: Path | None = None) -> dict:
     tmp = Path(workdir or tempfile.mkdtemp(prefix="tuneloop-kill-"))
     db, tokens = _setup(tmp, annotators, items, overlap)
@@ -223,23 +225,26 @@ def run_kill(kills: int = 20, annotators: int = 20, items: int = 3000, overlap: 
     rng = random.Random(seed)
     tally = Tally()
     started = time.time()
-    restarts = []
+    restarts, acked_at_kill = [], []
+    stop = threading.Event()
     server.start()
-    threads = _threads(f"http://127.0.0.1:{server.port}", tokens, tally, started + MAX_SECONDS, True)
+    threads = _threads(f"http://127.0.0.1:{server.port}", tokens, tally, started + MAX_SECONDS, True, stop)
     try:
         for _ in range(kills):
-            time.sleep(rng.uniform(0.2, 1.0))  # a random moment under load
-            before = len(tally.acked)
+            time.sleep(rng.uniform(0.3, 1.2))  # a random moment under load
+            acked_at_kill.append(len(tally.acked))
             server.kill9()
             restarts.append(server.start())
-            if len(tally.acked) == before and all(not t.is_alive() for t in threads):
-                break  # nothing left to judge
+        time.sleep(1.0)  # the clients retry what the last kill left unanswered
+        stop.set()
         for t in threads:
-            t.join(timeout=MAX_SECONDS)
+            t.join(timeout=60)
     finally:
         server.stop()
+    under_load = sum(1 for a, b in zip(acked_at_kill, acked_at_kill[1:] + [len(tally.acked)]) if b > a)
     kills_done = len(restarts)
-    return {"kills": kills_done, "annotators": annotators, "seconds": time.time() - started,
+    return {"kills": kills_done, "kills_with_progress_between": under_load, "annotators": annotators,
+            "seconds": time.time() - started,
             "mean_restart_s": statistics.fmean(restarts) if restarts else None,
             "statuses": tally.statuses, **_verify(db, tally, tmp / "server.log")}
 
@@ -257,7 +262,7 @@ def main() -> int:
     if args.what == "load":
         result = run_load(args.annotators or 50, args.items or 1700, args.overlap, args.sync)
     else:
-        result = run_kill(args.kills, args.annotators or 20, args.items or 3000, args.overlap, args.sync)
+        result = run_kill(args.kills, args.annotators or 20, args.items or 1500, args.overlap, args.sync)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -10,6 +10,7 @@ Both take about a minute or more on a 2-core machine, so they are marked slow (C
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "label_load.py"
 def _bench():
     spec = importlib.util.spec_from_file_location("label_load", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["label_load"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -36,9 +38,9 @@ def test_load_50_annotators_5000_submissions(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path):
-    result = _bench().run_kill(kills=20, annotators=20, items=3000, overlap=3, workdir=tmp_path)
+    result = _bench().run_kill(kills=20, annotators=20, items=1500, overlap=3, workdir=tmp_path)
     print("\nlabel kill -9:", json.dumps(result, default=str))
-    assert result["kills"] >= 20
+    assert result["kills"] >= 20 and result["kills_with_progress_between"] >= 20  # every kill hit a live load
     assert result["lost"] == 0 and result["duplicated_ids"] == 0
     assert result["integrity_problems"] == []
     assert result["acknowledged"] > 0 and result["stored"] >= result["acknowledged"]
