@@ -103,7 +103,9 @@ function renderAnswer() {
     const names = { win: null, tie: "tie", both_bad: "both bad" };
     let text = "Your answer: ";
     if (S.outcome === null) text += "—";
-    else if (S.outcome === "win") text += (S.winner === S.task.candidates[0].id ? "A" : "B") + " is " + S.strength + " better";
+    else if (S.outcome === "win") {
+      text += (S.winner === S.task.candidates[0].id ? "A" : "B") + " is " + STRENGTHS.find(([, name]) => name === S.strength)[2];
+    }
     else text += names[S.outcome];
     line.appendChild(TL.el("strong", {}, text));
   } else {
@@ -218,7 +220,8 @@ async function refreshMe() {
   document.getElementById("admin-link").classList.toggle("hidden", me.role !== "admin");
   const s = me.stats;
   document.getElementById("progress").textContent =
-    "judged " + s.judged + " · left for you " + s.left + " · median " + TL.fmt(s.median_seconds, 1) + " s";
+    "judged " + s.judged + " · left for you " + s.left +
+    (s.median_seconds === null ? "" : " · median " + TL.fmt(s.median_seconds, 1) + " s");
 }
 
 async function start() {
