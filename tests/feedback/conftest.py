@@ -124,7 +124,7 @@ def pg_server(tmp_path_factory):
         if done.returncode:
             raise RuntimeError(f"{cmd[0]} failed: {done.stdout}{done.stderr}")
 
-    run([initdb, "-D", str(data), "-U", "tuneloop", "--auth=trust", "-E", "UTF8"])
+    run([initdb, "-N", "-D", str(data), "-U", "tuneloop", "--auth=trust", "-E", "UTF8"])
     opts = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
     run([pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"])
     try:

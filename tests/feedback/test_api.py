@@ -13,12 +13,13 @@ ADMIN_PW, ANN_PW = "admin password 1", "annotator password 1"
 
 
 @pytest.fixture
-def app_store(store, tmp_path):
-    import_candidates(store, write_candidates(tmp_path / "c.jsonl", 6, k=2))
-    store.create_user("boss", "admin", ADMIN_PW)
-    store.create_user("ann", "annotator", ANN_PW)
-    store.create_user("bob", "annotator", ANN_PW)
-    return store
+def app_store(any_store, tmp_path):
+    """The API tests run on SQLite and on PostgreSQL."""
+    import_candidates(any_store, write_candidates(tmp_path / "c.jsonl", 6, k=2))
+    any_store.create_user("boss", "admin", ADMIN_PW)
+    any_store.create_user("ann", "annotator", ANN_PW)
+    any_store.create_user("bob", "annotator", ANN_PW)
+    return any_store
 
 
 def client(store, **kw) -> TestClient:

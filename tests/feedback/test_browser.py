@@ -138,6 +138,16 @@ def test_keyboard_judging_stats_and_export(browser, store, tmp_path):
         assert rows["ranking"]["answer"]["ranking"] == [[b], sorted([a, c])]
         assert pair_shown and rows["ranking"]["active_ms"] > 0
 
+        page.keyboard.press("u")  # correct the last judgment: a new row supersedes it
+        expect(page.locator("#guideline")).to_contain_text("CORRECTING")
+        if page.locator("#candidates.pair").count():
+            page.keyboard.press("0")
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text("Correction saved.")
+        with store.read() as conn:
+            corrections = [j for j in assign.current_judgments(conn, ann) if j["supersedes"]]
+        assert len(corrections) == 1 and store.counts()["judgments"] == 4
+
         admin = browser.new_page()
         _login_with_keyboard(admin, live.url, "boss", ADMIN_PW)
         admin.wait_for_url("**/admin")

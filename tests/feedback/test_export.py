@@ -21,9 +21,10 @@ def _lease_and_answer(store, uid, answer_for):
     assign.submit(store, uid, {"id": uuid.uuid4().hex, "lease_id": task["lease_id"], "answer": answer_for(sorted(ids))})
 
 
-def test_majority_soft_and_per_judgment_pairs(store, tmp_path):
+def test_majority_soft_and_per_judgment_pairs(any_store, tmp_path):
     """One pair, three annotators: lo wins 'significantly' (3) and 'slightly' (1), hi wins once.
     majority → chosen = lo, margin = mean(3, 1) = 2; soft → p_chosen = 2/3; none → 3 records."""
+    store = any_store
     import_candidates(store, write_candidates(tmp_path / "c.jsonl", 1, k=2))
     users = [store.create_user(f"u{i}", "annotator") for i in range(3)]
     answers = [lambda ids: {"outcome": "win", "winner": ids[0], "strength": "significantly"},
@@ -39,7 +40,8 @@ def test_majority_soft_and_per_judgment_pairs(store, tmp_path):
     assert len(pair_records(store, "none")) == 3
 
 
-def test_ties_and_both_bad(store, tmp_path):
+def test_ties_and_both_bad(any_store, tmp_path):
+    store = any_store
     import_candidates(store, write_candidates(tmp_path / "c.jsonl", 2, k=2))
     uid = store.create_user("u", "annotator")
     _lease_and_answer(store, uid, lambda ids: {"outcome": "tie"})
@@ -48,9 +50,10 @@ def test_ties_and_both_bad(store, tmp_path):
     assert len(records) == 1 and records[0]["tie"] is True and "margin" not in records[0]
 
 
-def test_rankings_export_and_aggregation(store, tmp_path):
+def test_rankings_export_and_aggregation(any_store, tmp_path):
     """Two annotators rank 3 candidates [[a], [b], [c]] and [[a], [c], [b]]: a beats both twice;
     b–c split 1–1, so Bradley–Terry and ranked pairs both put a first and tie b with c."""
+    store = any_store
     import_candidates(store, write_candidates(tmp_path / "c.jsonl", 1, k=3), mode="ranking")
     u1, u2 = store.create_user("u1", "annotator"), store.create_user("u2", "annotator")
     _lease_and_answer(store, u1, lambda ids: {"ranking": [[ids[0]], [ids[1]], [ids[2]]]})
@@ -62,12 +65,15 @@ def test_rankings_export_and_aggregation(store, tmp_path):
     assert ranking_records(store, "ranked_pairs")[0]["ranking"] == [[0], [1, 2]]
 
 
-def test_simulated_session_exports_what_the_reward_model_reads(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_simulated_session_exports_what_the_reward_model_reads(tmp_path, request, backend):
     """The export needs no conversion: every pairs line parses as a PreferencePair and every rankings
     line as a Ranking with tuneloop's own preference validators; the manifest hashes match the files."""
+    from conftest import new_pg_database
+
     pairs_src = write_candidates(tmp_path / "p.jsonl", 8, k=3)
     ranks_src = write_candidates(tmp_path / "r.jsonl", 4, k=4, start=500)
-    db = tmp_path / "labels.db"
+    db = tmp_path / "labels.db" if backend == "sqlite" else new_pg_database(request.getfixturevalue("pg_server"))
     simulate(db, pairs_src, num_annotators=3, overlap=2, seed=0)
     simulate(db, ranks_src, num_annotators=3, overlap=2, seed=1, mode="ranking")
     manifest = export_all(db, tmp_path / "export")

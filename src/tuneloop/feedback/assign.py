@@ -121,6 +121,22 @@ def _choose_item(conn: Connection, user_id: int, now: float, cfg: dict, rng: ran
     return (row[0], False) if row else (None, False)
 
 
+def correction_task(store: Store, user_id: int, judgment_id: str) -> dict:
+    """The task behind one of the annotator's own current judgments, shown again to correct it."""
+    J = S.judgments.c
+    newer = S.judgments.alias("newer")
+    with store.read() as conn:
+        old = conn.execute(select(S.judgments).where(J.id == judgment_id, J.user_id == user_id,
+                                                     ~exists().where(newer.c.supersedes == J.id))).mappings().first()
+        if old is None:
+            raise NotFound("no such current judgment of yours")
+        pseudo_lease = {"id": None, "item_id": old["item_id"], "display_order": old["display_order"],
+                        "served_at": old["served_at"], "expires_at": None}
+        task = _task(conn, pseudo_lease, store.settings(conn))
+    task["supersedes"] = old["id"]
+    return task
+
+
 def _task(conn: Connection, lease, cfg: dict) -> dict:
     item = conn.execute(Q_TASK_ITEM, {"b_item": lease["item_id"]}).mappings().one()
     rows = {r.id: r for r in conn.execute(Q_TASK_CANDIDATES, {"ids": list(item["candidate_ids"])})}

@@ -172,6 +172,13 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
             rows = assign.current_judgments(conn, who.id)
         return {"judgments": [_public(r) for r in rows[-max(1, min(limit, 1000)):]]}
 
+    @app.get("/api/judgments/{judgment_id}/task")
+    def correction_task(judgment_id: str, who: Judge):
+        try:
+            return JSONResponse(_with_html(assign.correction_task(store, who.id, judgment_id)))
+        except assign.NotFound as err:
+            raise HTTPException(404, str(err)) from None
+
     @app.get("/api/admin/stats")
     def stats(who: Reader):
         from tuneloop.feedback.quality import quality_report

@@ -5,7 +5,7 @@
 
 const STRENGTHS = [["5", "significantly", "significantly better"], ["6", "better", "better"],
                    ["7", "slightly", "slightly better"], ["8", "negligibly", "negligibly better / unsure"]];
-const S = { task: null, outcome: null, winner: null, strength: "better", order: [], tied: new Set(),
+const S = { correcting: null, task: null, outcome: null, winner: null, strength: "better", order: [], tied: new Set(),
             noneAcceptable: false, focus: 0, ratings: {}, flags: {}, diff: false, activeMs: 0, busy: false };
 
 function randomId() {
@@ -38,7 +38,7 @@ function groups() {
 }
 
 function show(task) {
-  Object.assign(S, { task, outcome: null, winner: null, strength: "better", tied: new Set(), noneAcceptable: false,
+  Object.assign(S, { task, correcting: task && task.supersedes ? task.supersedes : null, outcome: null, winner: null, strength: "better", tied: new Set(), noneAcceptable: false,
                      focus: 0, ratings: {}, flags: {}, diff: false, activeMs: 0 });
   document.getElementById("done").classList.toggle("hidden", Boolean(task));
   for (const id of ["prompt-card", "candidates", "keys"]) document.getElementById(id).classList.toggle("hidden", !task);
@@ -47,7 +47,8 @@ function show(task) {
   if (!task) return;
   S.order = task.candidates.map((c) => c.id);
   document.getElementById("prompt").innerHTML = task.prompt_html; // sanitised on the server
-  document.getElementById("guideline").textContent = "· guidelines " + task.guideline_version;
+  document.getElementById("guideline").textContent = "· guidelines " + task.guideline_version +
+    (S.correcting ? " · CORRECTING your previous judgment (Enter saves the correction)" : "");
   renderKeys();
   render();
 }
@@ -125,7 +126,8 @@ function renderKeys() {
        ...STRENGTHS.map(([k, , label]) => [k, label]), ["← / →", "focus A / B"], ["d", "highlight differences"]]
     : [["↑ / ↓", "focus"], ["Shift+↑ / Shift+↓", "move the focused response up / down"],
        ["=", "tie the focused response with the one above"], ["n", "none acceptable"]];
-  rows.push(["Shift+1…7", "rate the focused response 1–7"], ["c", "write a rationale"], ["Enter", "submit"]);
+  rows.push(["Shift+1…7", "rate the focused response 1–7"], ["c", "write a rationale"],
+            ["u", "correct your previous judgment"], ["Enter", "submit"]);
   for (const [k, what] of rows) {
     const item = TL.el("span", {});
     item.appendChild(TL.el("kbd", {}, k));
@@ -162,7 +164,8 @@ async function submit() {
   if (S.busy) return;
   S.busy = true;
   tick();
-  const body = { id: randomId(), lease_id: S.task.lease_id, answer: ans,
+  const target = S.correcting ? { supersedes: S.correcting } : { lease_id: S.task.lease_id };
+  const body = { id: randomId(), ...target, answer: ans,
                  rationale: document.getElementById("rationale").value, active_ms: Math.round(S.activeMs) };
   try {
     let result = null;
@@ -170,7 +173,7 @@ async function submit() {
       try { result = await TL.call("POST", "/api/judgments", body); }
       catch (err) { if (err.status || attempt === 2) throw err; await new Promise((r) => setTimeout(r, 500)); }
     }
-    status("Saved.");
+    status(S.correcting ? "Correction saved." : "Saved.");
     show(result.next);
     refreshMe();
   } catch (err) {
@@ -182,6 +185,7 @@ async function submit() {
 function onKey(event) {
   const typing = document.activeElement && document.activeElement.id === "rationale";
   if (typing) { if (event.key === "Escape") document.activeElement.blur(); return; }
+  if (event.key === "u" && !S.correcting) { event.preventDefault(); correctLast().catch((e) => status(e.message, true)); return; }
   if (!S.task) return;
   const pair = S.task.kind === "pairwise";
   const digit = /^Digit([0-9])$/.exec(event.code);
@@ -212,6 +216,12 @@ function onKey(event) {
     } else handled = false;
   }
   if (handled) { event.preventDefault(); render(); }
+}
+
+async function correctLast() {
+  const mine = await TL.call("GET", "/api/judgments/mine?limit=1");
+  if (!mine.judgments.length) { status("Nothing to correct yet.", true); return; }
+  show(await TL.call("GET", "/api/judgments/" + encodeURIComponent(mine.judgments[0].id) + "/task"));
 }
 
 async function refreshMe() {
