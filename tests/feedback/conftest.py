@@ -120,7 +120,7 @@ def pg_server(tmp_path_factory):
         prefix = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
     def run(cmd):
-        done = subprocess.run(prefix + cmd, capture_output=True, text=True)
+        done = subprocess.run(prefix + cmd, capture_output=True, text=True, check=False)
         if done.returncode:
             raise RuntimeError(f"{cmd[0]} failed: {done.stdout}{done.stderr}")
 
@@ -130,7 +130,7 @@ def pg_server(tmp_path_factory):
     try:
         yield f"postgresql://tuneloop@127.0.0.1:{port}"
     finally:
-        subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 

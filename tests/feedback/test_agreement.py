@@ -4,9 +4,23 @@ import math
 
 import pytest
 
-from tuneloop.feedback.aggregate import bradley_terry, groups_from_scores, majority_pair, ranked_pairs, soft_pair
-from tuneloop.feedback.agreement import (average_ranks, cohen_kappa, fleiss_kappa, kendall_tau_b, kendall_w,
-                                         krippendorff_alpha_nominal, raw_agreement, wilson_interval)
+from tuneloop.feedback.aggregate import (
+    bradley_terry,
+    groups_from_scores,
+    majority_pair,
+    ranked_pairs,
+    soft_pair,
+)
+from tuneloop.feedback.agreement import (
+    average_ranks,
+    cohen_kappa,
+    fleiss_kappa,
+    kendall_tau_b,
+    kendall_w,
+    krippendorff_alpha_nominal,
+    raw_agreement,
+    wilson_interval,
+)
 from tuneloop.feedback.panel import calibrate_sigma, expected_agreement
 
 Y, N = "yes", "no"

@@ -169,7 +169,7 @@ def test_pages_have_no_inline_script_or_style():
     import re
     from pathlib import Path
 
-    import tuneloop.feedback.server as server
+    from tuneloop.feedback import server
 
     for page in Path(server.STATIC).glob("*.html"):
         html = page.read_text()

@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import candidates_record
@@ -157,7 +158,7 @@ def test_keyboard_judging_stats_and_export(browser, store, tmp_path):
         admin.focus("#export-pairs")
         with admin.expect_download() as download:
             admin.keyboard.press("Enter")
-        lines = open(download.value.path()).read().splitlines()
+        lines = Path(download.value.path()).read_text().splitlines()
         assert len(lines) == 2 and {"prompt", "chosen", "rejected"} <= set(json.loads(lines[0]))
 
 

@@ -29,4 +29,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"tuneloop.feedback.{_EXPORTS[name]}"), name)
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["SimulationResult", "Store", "export_all", "export_pairs", "import_candidates", "simulate",
+           "vader_scorer"]

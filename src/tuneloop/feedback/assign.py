@@ -159,7 +159,6 @@ def submit(store: Store, user_id: int, body: dict[str, Any], now: float | None =
     (a correction of one of the annotator's own judgments).
     """
     now = time.time() if now is None else now
-    J = S.judgments.c
     with store.write() as conn:
         _serialise(store, conn)
         cfg = store.settings(conn)

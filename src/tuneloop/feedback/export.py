@@ -32,7 +32,13 @@ from sqlalchemy import select
 
 from tuneloop.atomic import atomic_dir, atomic_write_text
 from tuneloop.feedback import schema as S
-from tuneloop.feedback.aggregate import bradley_terry, groups_from_scores, majority_pair, ranked_pairs, soft_pair
+from tuneloop.feedback.aggregate import (
+    bradley_terry,
+    groups_from_scores,
+    majority_pair,
+    ranked_pairs,
+    soft_pair,
+)
 from tuneloop.feedback.answers import STRENGTHS, pair_label
 from tuneloop.feedback.quality import agreement_summary, load, pair_units, ranking_summary
 from tuneloop.feedback.store import Store

@@ -17,8 +17,16 @@ from typing import Any
 from sqlalchemy import exists, func, select
 
 from tuneloop.feedback import schema as S
-from tuneloop.feedback.agreement import (average_ranks, cohen_kappa, fleiss_kappa, kendall_tau_b, kendall_w,
-                                         krippendorff_alpha_nominal, raw_agreement, wilson_interval)
+from tuneloop.feedback.agreement import (
+    average_ranks,
+    cohen_kappa,
+    fleiss_kappa,
+    kendall_tau_b,
+    kendall_w,
+    krippendorff_alpha_nominal,
+    raw_agreement,
+    wilson_interval,
+)
 from tuneloop.feedback.answers import pair_label
 from tuneloop.feedback.assign import current_judgments
 from tuneloop.feedback.store import Store
@@ -173,8 +181,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     c, p, r = report["counts"], report["pairwise"], report["rankings"]
-    lines = [f"judgments {c['judgments']}  annotators {c['annotators']}  items {c['items']} "
-             f"(complete {c['items_complete']})",
+    lines = [(f"judgments {c['judgments']}  annotators {c['annotators']}  items {c['items']} "
+              f"(complete {c['items_complete']})"),
              f"pairwise units {p['units']} (with ≥2 labels {p['units_with_2plus']})",
              f"  raw agreement        {fmt(p['raw_agreement'])}",
              f"  Cohen's κ (mean of {p['cohen_pairs']} annotator pairs) {fmt(p['cohen_kappa_mean_over_pairs'])}",

@@ -13,8 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table,
-                        Text, text)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
 from sqlalchemy.engine import Connection
 
 METADATA = MetaData()

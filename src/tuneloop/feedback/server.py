@@ -67,11 +67,23 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
                submit_limit: tuple[int, float] | None = SUBMIT_LIMIT, secure_cookies: bool = False) -> FastAPI:
     """The app over ``store``. Pass ``submit_limit=None`` for simulated raters and load tests."""
     app = FastAPI(title="tuneloop labelling", docs_url=None, redoc_url=None, openapi_url=None)
-    login_rl = RateLimiter(*login_limit) if login_limit else None
-    submit_rl = RateLimiter(*submit_limit) if submit_limit else None
     app.state.store = store
-
     app.add_middleware(SecurityHeaders)
+    principal = _principal_dependency(store)
+    _page_routes(app)
+    _session_routes(app, store, principal, RateLimiter(*login_limit) if login_limit else None, secure_cookies)
+    _judge_routes(app, store, _needs(principal, "judge"), RateLimiter(*submit_limit) if submit_limit else None)
+    _admin_routes(app, store, _needs(principal, "read"), _needs(principal, "admin"))
+
+    @app.exception_handler(HTTPException)
+    def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    return app
+
+
+def _principal_dependency(store: Store):
+    """Who is calling: a Bearer API token (scoped, no CSRF) or a session cookie (CSRF on every change)."""
 
     def principal(request: Request) -> Principal:
         auth = request.headers.get("authorization", "")
@@ -93,17 +105,18 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
         scopes = {"judge", "read", "admin"} if user["role"] == "admin" else {"judge"}
         return Principal(user, scopes, csrf)
 
-    def needs(scope: str):
-        def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
-            if scope not in who.scopes:
-                raise HTTPException(403, f"this needs the '{scope}' permission")
-            return who
-        return check
+    return principal
 
-    Judge = Annotated[Principal, Depends(needs("judge"))]
-    Reader = Annotated[Principal, Depends(needs("read"))]
-    Admin = Annotated[Principal, Depends(needs("admin"))]
 
+def _needs(principal, scope: str):
+    def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if scope not in who.scopes:
+            raise HTTPException(403, f"this needs the '{scope}' permission")
+        return who
+    return Annotated[Principal, Depends(check)]
+
+
+def _page_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def root():
         return RedirectResponse("/label")
@@ -118,6 +131,10 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
             raise HTTPException(404, "not found")
         return FileResponse(path)
 
+
+def _session_routes(app: FastAPI, store: Store, principal, login_rl: RateLimiter | None, secure: bool) -> None:
+    Anyone = Annotated[Principal, Depends(principal)]
+
     @app.post("/api/login")
     def login(body: Login, request: Request, response: Response):
         _same_origin(request)
@@ -129,23 +146,25 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
         if not verify_password(user["password_hash"] if user else None, body.password) or user["disabled"]:
             raise HTTPException(401, "wrong name or password")
         secret, csrf = store.create_session(user["id"])
-        response.set_cookie(COOKIE, secret, httponly=True, samesite="strict", secure=secure_cookies, path="/")
+        response.set_cookie(COOKIE, secret, httponly=True, samesite="strict", secure=secure, path="/")
         return {"name": user["name"], "role": user["role"], "csrf": csrf}
 
     @app.post("/api/logout")
-    def logout(who: Annotated[Principal, Depends(principal)], request: Request, response: Response):
+    def logout(who: Anyone, request: Request, response: Response):
         if request.cookies.get(COOKIE):
             store.delete_session(request.cookies[COOKIE])
         response.delete_cookie(COOKIE, path="/")
         return {"ok": True}
 
     @app.get("/api/me")
-    def me(who: Annotated[Principal, Depends(principal)]):
+    def me(who: Anyone):
         from tuneloop.feedback.quality import annotator_summary
 
         return {"name": who.name, "role": who.role, "csrf": who.csrf, "scopes": sorted(who.scopes),
                 "stats": annotator_summary(store, who.id)}
 
+
+def _judge_routes(app: FastAPI, store: Store, Judge, submit_rl: RateLimiter | None) -> None:
     @app.post("/api/tasks/next")
     def next_task(who: Judge):
         return JSONResponse(_with_html(assign.next_task(store, who.id)))
@@ -179,6 +198,8 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
         except assign.NotFound as err:
             raise HTTPException(404, str(err)) from None
 
+
+def _admin_routes(app: FastAPI, store: Store, Reader, Admin) -> None:
     @app.get("/api/admin/stats")
     def stats(who: Reader):
         from tuneloop.feedback.quality import quality_report
@@ -200,19 +221,13 @@ def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LI
     def users(who: Admin):
         return {"users": store.list_users()}
 
-    @app.exception_handler(HTTPException)
-    def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    return app
-
 
 class SecurityHeaders:
     """Pure ASGI middleware adding the security headers to every response (cheaper than BaseHTTPMiddleware)."""
 
-    HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+    HEADERS = ((b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
                (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
-               (b"cross-origin-opener-policy", b"same-origin")]
+               (b"cross-origin-opener-policy", b"same-origin"))
 
     def __init__(self, app):
         self.app = app
@@ -225,7 +240,7 @@ class SecurityHeaders:
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = [h for h in message.get("headers", []) if h[0].lower() not in dict(self.HEADERS)]
-                headers += self.HEADERS + ([(b"cache-control", b"no-store")] if api else [])
+                headers += list(self.HEADERS) + ([(b"cache-control", b"no-store")] if api else [])
                 message = {**message, "headers": headers}
             await send(message)
 

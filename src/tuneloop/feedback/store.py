@@ -61,7 +61,7 @@ def _url(location: str | Path) -> str:
     text_ = str(location)
     if "://" not in text_:
         return f"sqlite:///{Path(text_).resolve()}"
-    if text_.startswith("postgresql://") or text_.startswith("postgres://"):
+    if text_.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + text_.split("://", 1)[1]
     return text_
 
@@ -71,7 +71,7 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
                            pool_size=8, max_overflow=32, pool_timeout=60)
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+    def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # the driver must not open transactions itself: we do
         for pragma in ("journal_mode=WAL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", f"synchronous={synchronous}",
                        "foreign_keys=ON"):
