@@ -5,7 +5,8 @@
 - kill: the server killed with SIGKILL at random moments ≥ 20 times under load; every acknowledged
   judgment is present after the restarts and the integrity check passes.
 
-Both take about a minute or more on a 2-core machine, so they are marked slow (CI still runs them).
+The load test takes 35–75 s on a 2-core machine (runs by default); the kill test 80–100 s, so it is
+marked slow (CI still runs it: pytest runs every marker unless told otherwise).
 """
 
 import importlib.util
@@ -26,7 +27,6 @@ def _bench():
     return module
 
 
-@pytest.mark.slow
 def test_load_50_annotators_5000_submissions(tmp_path):
     result = _bench().run_load(annotators=50, items=1700, overlap=3, workdir=tmp_path)
     print("\nlabel load:", json.dumps({k: v for k, v in result.items() if k != "statuses"}, default=str))

@@ -153,9 +153,9 @@ def load(store: Store) -> tuple[list[dict], dict[int, dict], dict[int, str]]:
 def quality_report(store: Store) -> dict[str, Any]:
     judgments, items, names = load(store)
     units = pair_units(judgments, items)
+    overlap = store.settings()["overlap"]
     return {"counts": {"judgments": len(judgments), "annotators": len({j["user_id"] for j in judgments}),
-                       "items": len(items), "items_complete": sum(1 for i in items.values()
-                                                                  if i["n_done"] >= store.settings()["overlap"])},
+                       "items": len(items), "items_complete": sum(1 for i in items.values() if i["n_done"] >= overlap)},
             "pairwise": agreement_summary(units), "rankings": ranking_summary(judgments, items),
             "annotators": annotator_cards(judgments, items, units, names)}
 

@@ -11,6 +11,7 @@ Open with ``Store.open("labels.db")`` or ``Store.open("postgresql://user@127.0.0
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import shutil
 import subprocess
@@ -316,8 +317,10 @@ class Store:
             pg_dump = shutil.which("pg_dump")
             if pg_dump is None:
                 raise FileNotFoundError("pg_dump not found: install the PostgreSQL client to back up this store")
-            url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            subprocess.run([pg_dump, "--format=custom", f"--file={tmp}", url], check=True)
+            url = self.engine.url.set(drivername="postgresql")
+            env = dict(os.environ, PGPASSWORD=url.password or "")  # not on the command line (ps shows it)
+            subprocess.run([pg_dump, "--format=custom", f"--file={tmp}", url.set(password=None).render_as_string()],
+                           check=True, env=env)
         tmp.replace(dest)
         return dest
 
