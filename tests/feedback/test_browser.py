@@ -134,6 +134,9 @@ def test_keyboard_judging_stats_and_export(browser, store, tmp_path):
         pair_shown = [s for k, s in expected if k == "pairwise"][-1]
         assert rows["pairwise"]["answer"]["winner"] == rows["pairwise"]["display_order"][1]
         assert rows["pairwise"]["answer"]["strength"] == "significantly"
+        b_id = str(rows["pairwise"]["display_order"][1])
+        assert rows["pairwise"]["answer"]["ratings"] == {b_id: 6}
+        assert rows["pairwise"]["answer"]["flags"] == {b_id: ["hallucination"]}
         (_, rank_shown), = [e for e in expected if e[0] == "ranking"]
         a, b, c = rank_shown
         assert rows["ranking"]["answer"]["ranking"] == [[b], sorted([a, c])]
