@@ -30,6 +30,18 @@ def test_scorer_is_pluggable_and_noise_can_be_fixed(tmp_path):
     assert result.measured_agreement == pytest.approx(1.0) or result.measured_agreement > 0.95
 
 
+def test_simulate_from_async_code(tmp_path):
+    """A notebook already runs an event loop: the panel then runs on its own loop in a thread."""
+    import asyncio
+
+    src = write_candidates(tmp_path / "c.jsonl", 3, k=2)
+
+    async def inside_a_loop():
+        return simulate(tmp_path / "labels.db", src, num_annotators=2, overlap=2, scorer=len, noise=1.0)
+
+    assert asyncio.run(inside_a_loop()).judgments == 3 * 2
+
+
 def _run(argv):
     parser = argparse.ArgumentParser(prog="tuneloop")
     label_cli.register(parser.add_subparsers(dest="command", required=True))
@@ -60,6 +72,9 @@ def test_cli_import_users_simulate_stats_export(tmp_path, capsys, monkeypatch):
     assert _run(["label", "backup", "--db", db, "--out", str(tmp_path / "b.db")]) == 0
     with pytest.raises(ValueError, match="unknown setting"):
         _run(["label", "settings", "--db", db, "colour=blue"])
+    for bad in ("overlap=0", "gold_rate=1.5", "overlap=two", 'flags=[["x", "y", "long"]]'):
+        with pytest.raises(ValueError, match="setting"):
+            _run(["label", "settings", "--db", db, bad])
     with pytest.raises(ValueError, match="allow-remote"):
         _run(["label", "serve", "--db", db, "--host", "0.0.0.0"])
     with pytest.raises(FileNotFoundError):

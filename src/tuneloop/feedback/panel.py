@@ -148,7 +148,16 @@ def simulate(store: Store | str | Path, candidates_path: str | Path | None = Non
         if name not in existing:
             store.create_user(name, "annotator")
     tokens = {n: store.issue_token(n, ["judge"], label="simulated rater") for n in names}
-    count = asyncio.run(_panel(store, names, tokens, gold, sigma, tie_band, seed))
+    coro = _panel(store, names, tokens, gold, sigma, tie_band, seed)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: no event loop in this thread
+        count = asyncio.run(coro)
+    else:  # called from async code (a notebook): run the panel on its own loop in a worker thread
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            count = pool.submit(asyncio.run, coro).result()
     report = quality_report(store)["pairwise"]
     return SimulationResult(count, names, sigma, expected_agreement(gaps, sigma), report["raw_agreement"],
                             report["fleiss_kappa"], report["krippendorff_alpha"], time.time() - started, imported)

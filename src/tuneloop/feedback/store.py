@@ -187,8 +187,15 @@ class Store:
         expected = type(DEFAULT_SETTINGS[key])
         if expected is float and isinstance(value, int):
             value = float(value)
-        if not isinstance(value, expected):
+        if not isinstance(value, expected) or isinstance(value, bool):
             raise ValueError(f"setting {key!r} must be {expected.__name__}, got {value!r}")
+        if key in ("overlap", "lease_seconds") and value < 1:
+            raise ValueError(f"setting {key!r} must be ≥ 1, got {value}")
+        if key in ("gold_rate", "repeat_rate") and not 0 <= value <= 1:
+            raise ValueError(f"setting {key!r} must lie in [0, 1], got {value}")
+        if key == "flags" and not all(isinstance(f, list) and len(f) == 3 and all(isinstance(x, str) for x in f)
+                                      and len(f[2]) == 1 for f in value):
+            raise ValueError("setting 'flags' must be a list of [name, label, one-character key]")
         with self.write() as conn:
             done = conn.execute(update(S.settings).where(S.settings.c.key == key).values(value=value)).rowcount
             if not done:
