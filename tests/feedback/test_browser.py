@@ -197,7 +197,10 @@ def test_xss_corpus_runs_nothing_and_requests_nothing_outside(browser, store, tm
     for i in range(0, len(XSS), 2):
         record = candidates_record(100 + i, 2, rng, texts=[XSS[i], XSS[i + 1]])
         record["prompt"] = XSS[(i + 5) % len(XSS)]
-        record["messages"] = [{"role": "user", "content": record["prompt"]}]
+        record["messages"] = [{"role": "system", "content": XSS[(i + 7) % len(XSS)]},  # shown as context
+                              {"role": "user", "content": XSS[(i + 3) % len(XSS)]},
+                              {"role": "assistant", "content": XSS[(i + 9) % len(XSS)]},
+                              {"role": "user", "content": record["prompt"]}]
         records.append(record)
     import_candidates(store, _write(tmp_path / "x.jsonl", records))
     import_candidates(store, _write(tmp_path / "xr.jsonl", [candidates_record(300, 3, rng, texts=XSS[:3])]),
@@ -221,10 +224,11 @@ def test_xss_corpus_runs_nothing_and_requests_nothing_outside(browser, store, tm
         context.route("**/*", guard)
         _login_with_keyboard(page, live.url, "ann", ANN_PW)
         page.wait_for_url("**/label")
-        seen = 0
+        seen = context_turns = 0
         while page.locator("#done.hidden").count():
             page.wait_for_selector("#candidates .cand")
             page.wait_for_timeout(150)  # give any injected handler a chance to fire
+            context_turns = max(context_turns, page.locator("#context .turn").count())
             if page.locator("#candidates.pair").count():
                 page.keyboard.press("d")  # the difference view renders the raw text too
                 page.wait_for_timeout(100)
@@ -234,6 +238,7 @@ def test_xss_corpus_runs_nothing_and_requests_nothing_outside(browser, store, tm
             expect(page.locator("#status")).to_have_text("Saved.")
             seen += 1
         assert seen == len(records) + 1
+        assert context_turns == 3  # the earlier turns of a conversation are shown (and inert) too
         assert page.evaluate("window.__xss") is None
         assert dialogs == [] and outside == []
         body = page.content()

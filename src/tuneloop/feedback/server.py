@@ -264,6 +264,8 @@ def _with_html(task: dict | None) -> dict | None:
     if task is None:
         return None
     task["prompt_html"] = render_markdown(task["prompt"])
+    # earlier turns of a multi-turn prompt, shown above the last user turn
+    task["context"] = [{"role": m["role"], "html": render_markdown(m["content"])} for m in task["messages"][:-1]]
     for cand in task["candidates"]:
         cand["html"] = render_markdown(cand["text"])
     return task

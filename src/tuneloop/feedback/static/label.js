@@ -46,6 +46,16 @@ function show(task) {
   lastTick = performance.now();
   if (!task) return;
   S.order = task.candidates.map((c) => c.id);
+  const context = document.getElementById("context");
+  context.textContent = "";
+  for (const turn of task.context) {
+    const node = TL.el("div", { class: "turn" });
+    node.appendChild(TL.el("div", { class: "meta" }, turn.role));
+    const body = TL.el("div", {});
+    body.innerHTML = turn.html; // sanitised on the server
+    node.appendChild(body);
+    context.appendChild(node);
+  }
   document.getElementById("prompt").innerHTML = task.prompt_html; // sanitised on the server
   document.getElementById("guideline").textContent = "· guidelines " + task.guideline_version +
     (S.correcting ? " · CORRECTING your previous judgment (Enter saves the correction)" : "");
