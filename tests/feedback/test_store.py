@@ -242,3 +242,41 @@ def test_concurrent_writers_never_lock_or_overfill(any_store, tmp_path):
     assert errors == []
     assert len(done) == 20 * 3
     assert any_store.check_integrity() == []
+
+
+def _process_worker(path: str, names: list[str], errors) -> None:
+    """One OS process judging as several annotators (used by the multi-process test)."""
+    try:
+        store = Store.open(path)
+        with store.read() as conn:
+            ids = [store.user(conn, name=n)["id"] for n in names]
+        tasks = {u: assign.next_task(store, u) for u in ids}
+        while any(tasks.values()):
+            for uid, task in tasks.items():
+                if task:
+                    _, _, tasks[uid] = assign.submit(store, uid, {"id": uuid.uuid4().hex, "lease_id": task["lease_id"],
+                                                                  "answer": {"outcome": "tie"}}, with_next=True)
+    except Exception as err:  # noqa: BLE001 - reported to the parent
+        errors.put(repr(err))
+
+
+def test_several_processes_share_one_sqlite_file(store, tmp_path):
+    """Three processes (as a server and CLI commands would be) write at once: SQLite's busy_timeout and
+    BEGIN IMMEDIATE serialise them; no 'database is locked', overlap exact."""
+    import multiprocessing
+
+    import_candidates(store, write_candidates(tmp_path / "c.jsonl", 30, k=2))
+    store.set_setting("overlap", 3)
+    names = [f"p{i}" for i in range(6)]
+    for n in names:
+        store.create_user(n, "annotator")
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_process_worker, args=(store.location, names[i::3], errors)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert errors.empty(), errors.get()
+    assert store.counts()["judgments"] == 30 * 3
+    assert store.check_integrity() == []
