@@ -191,6 +191,11 @@ def test_markdown_rendering_neutralises_html_and_unsafe_links(payload):
     assert not re.search(r"<[a-z][^>]*\son[a-z]+=", html)  # no tag carries an event handler
 
 
+def test_markdown_links_open_safely():
+    html = render_markdown("[site](https://example.org/)")
+    assert 'rel="noopener noreferrer nofollow"' in html and 'target="_blank"' in html
+
+
 def test_submit_validation_errors_are_422(app_store):
     c = client(app_store)
     csrf = login(c, "ann", ANN_PW)
