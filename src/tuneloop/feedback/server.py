@@ -36,11 +36,11 @@ PAGES = {"/login": "login.html", "/label": "label.html", "/admin": "admin.html"}
 _MD = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).disable("image")
 
 
-def _link_open(tokens, idx, options, env):
+def _link_open(renderer, tokens, idx, options, env):
     """Links in model output open in a new tab, send no referrer and get no search credit."""
     tokens[idx].attrSet("rel", "noopener noreferrer nofollow")
     tokens[idx].attrSet("target", "_blank")
-    return _MD.renderer.renderToken(tokens, idx, options, env)
+    return renderer.renderToken(tokens, idx, options, env)
 
 
 _MD.add_render_rule("link_open", _link_open)
