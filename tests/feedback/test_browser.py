@@ -17,6 +17,8 @@ from conftest import candidates_record
 
 try:
     from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)  # a loaded 2-core CI machine can be slow to paint
 except ImportError:  # pragma: no cover - the skip below explains
     expect = None
 
