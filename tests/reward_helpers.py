@@ -1,0 +1,50 @@
+"""Helpers for the reward tests: a tiny BERT encoder on the bundled MiniLM tokenizer, preference files."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from datafiles import write_jsonl
+
+GOOD = ["great", "wonderful", "lovely", "superb", "delightful", "brilliant"]
+BAD = ["awful", "boring", "dreadful", "terrible", "dull", "clumsy"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert() -> str:
+    """Folder of a 2-layer, 32-wide random BERT with the MiniLM WordPiece tokenizer (built once)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tuneloop.atomic import atomic_dir
+    from tuneloop.models.bundled import cache_dir
+    from tuneloop.models.bundled_encoder import bundled_encoder_path
+
+    target = cache_dir() / "models" / "tiny-bert-32x2"
+    if not (target / "config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(bundled_encoder_path())
+        config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=512)
+        torch.manual_seed(0)
+        with atomic_dir(target) as tmp:
+            BertModel(config).save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    return str(target)
+
+
+def review_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Pairs whose chosen review is positive and rejected negative: learnable in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = f"Write a short review of movie number {i}."
+        rows.append({"prompt": prompt, "chosen": f"A {rng.choice(GOOD)} film, {rng.choice(GOOD)} acting.",
+                     "rejected": f"A {rng.choice(BAD)} film, {rng.choice(BAD)} acting."})
+    return rows
+
+
+def write_pairs(path: Path, n: int, seed: int = 0) -> str:
+    return write_jsonl(path, review_pairs(n, seed))
