@@ -1,7 +1,7 @@
 """The export of a simulated session trains ``tuneloop reward`` with no conversion step.
 
-Runs once the reward stage is in the tree (``tuneloop.train.reward``); until then it is skipped.
-A tiny 2-layer BERT on the bundled MiniLM tokenizer keeps it to seconds on CPU.
+Both ``pairs.jsonl`` and ``rankings.jsonl`` go straight into ``tuneloop.train.reward``. A tiny 2-layer
+BERT on the bundled MiniLM tokenizer keeps it to seconds on CPU (skipped only if that package is absent).
 """
 
 import os
