@@ -1,77 +1,136 @@
 """``tuneloop demo``: the loop on the bundled model and data, every stage for real.
 
-Stages that exist so far: SFT (LoRA) on movie-review instructions built from Rotten Tomatoes plot
-snippets and critics' snippets → K sampled candidate reviews for held-out movies, with provenance.
-Later stages (simulated raters, reward model, PPO, evaluation report) join as they land.
-``--quick`` runs the same stages on a tiny random model in well under a minute (for CI).
+Task: write a short review of a movie described by a Rotten Tomatoes plot snippet; judged by how
+positive it is (the sentiment task of Ziegler et al. 2019, on an instruction-tuned model).
+
+  1. SFT (LoRA) of SmolLM2 on (plot → a critic's snippet about that movie)
+  2. sample K candidate reviews for held-out movies, with provenance
+  3. a simulated rater panel (VADER sentiment + noise, ~75% agreement between raters) judges them
+     through the labelling app's store, and the judgments are exported as preference pairs
+  4. a reward model (the bundled MiniLM) trained on those pairs, with its held-out accuracy
+Later stages (PPO against the reward model, evaluation report) join as they land.
+``--quick`` runs the same stages on a tiny random policy in about a minute (for CI).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.atomic import atomic_write_text
 from tuneloop.config import load_config
-from tuneloop.data.bundled import review_prompts
 
-HELD_OUT_PROMPTS = 64  # the last plots are never trained on; candidates are sampled for them
+HELD_OUT_MOVIES = 96  # the last plots (by movie name) are never trained on; candidates come from them
 
 
-def run_demo(quick: bool, out_dir: str, sft_steps: int | None, num_prompts: int | None) -> dict:
-    from tuneloop.generation import SamplingConfig
-    from tuneloop.sample import sample_candidates
+@dataclass(frozen=True)
+class DemoSize:
+    policy: str
+    lora: bool
+    sft_steps: int
+    sft_lr: float
+    prompts: int
+    candidates: int
+    max_new_tokens: int
+    reward_epochs: int
+
+
+FULL = DemoSize("smollm2-135m-instruct", True, 30, 2e-4, 48, 4, 40, 4)
+QUICK = DemoSize("tiny-llama", False, 8, 1e-3, 12, 4, 16, 2)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def stage_sft(root: Path, size: DemoSize, held_out: set[str]):
+    from tuneloop.data.bundled import review_examples
     from tuneloop.train.sft import SFTConfig, train
 
+    rows = [{"prompt": p, "completion": c} for p, c in review_examples() if p not in held_out]
+    train_file = _write_jsonl(root / "sft-train.jsonl", rows)
+    print(f"\n== 1. SFT: {size.policy}{' + LoRA' if size.lora else ''}, {size.sft_steps} steps on {len(rows)} "
+          f"review examples")
+    overrides = {"model": {"name": size.policy, "lora": {"enabled": size.lora, "r": 16, "alpha": 32}},
+                 "data": {"train": str(train_file), "max_length": 192, "eval_fraction": 0.01},
+                 "batch": {"batch_size": 8, "micro_batch_size": 8, "max_steps": size.sft_steps},
+                 "optim": {"lr": size.sft_lr, "warmup_steps": 2},
+                 "run": {"out_dir": str(root), "name": "sft", "seed": 0}}
+    return train(load_config(SFTConfig, overrides=overrides))
+
+
+def stage_sample(root: Path, size: DemoSize, model_dir: Path, prompts: list[str]) -> list[dict]:
+    from tuneloop.generation import SamplingConfig
+    from tuneloop.sample import sample_candidates
+
+    print(f"\n== 2. Sample: {size.candidates} candidate reviews for each of {len(prompts)} held-out movies")
+    prompt_file = _write_jsonl(root / "sample-prompts.jsonl", [{"prompt": p} for p in prompts])
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=size.max_new_tokens, batch_size=16)
+    return sample_candidates(str(model_dir), str(prompt_file), root / "candidates.jsonl", size.candidates,
+                             sampling, seed=0)
+
+
+def stage_label(root: Path) -> tuple[Path, dict]:
+    from tuneloop.feedback import export_pairs, simulate
+
+    print("\n== 3. Label: a simulated panel of 5 raters (VADER sentiment + noise), 3 judgments per pair")
+    store = root / "labels.db"
+    result = simulate(store, root / "candidates.jsonl", num_annotators=5, overlap=3, seed=0)
+    pairs = root / "pairs.jsonl"
+    count = export_pairs(store, pairs)
+    agreement = result.measured_agreement
+    print(f"   {result.judgments} judgments, agreement between raters "
+          f"{agreement:.1%} (InstructGPT's labellers: ~73–77%), {count} preference pairs → {pairs}"
+          if agreement is not None else f"   {result.judgments} judgments, {count} pairs → {pairs}")
+    print(f"   to judge these yourself: tuneloop label serve --db {store}")
+    return pairs, result.as_dict()
+
+
+def stage_reward(root: Path, size: DemoSize, pairs: Path):
+    from tuneloop.train.reward import RewardConfig, train
+
+    print("\n== 4. Reward model: the bundled MiniLM on the exported pairs (split by prompt)")
+    overrides = {"data": {"train": str(pairs), "eval_fraction": 0.2, "reference": str(root / "candidates.jsonl"),
+                          "max_length": 256},
+                 "batch": {"batch_size": 16, "micro_batch_size": 16, "epochs": size.reward_epochs},
+                 "optim": {"lr": 5e-5},
+                 "run": {"out_dir": str(root), "name": "reward", "seed": 0}}
+    return train(load_config(RewardConfig, overrides=overrides))
+
+
+def run_demo(quick: bool, out_dir: str) -> dict:
+    from tuneloop.data.bundled import review_prompts
+
+    size = QUICK if quick else FULL
     root = Path(out_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     root.mkdir(parents=True)
-    prompts = review_prompts()
-    held_out = prompts[-HELD_OUT_PROMPTS:]
-    # Train on reviews of every other movie: write the SFT data with the held-out plots removed.
-    from tuneloop.data.bundled import review_examples
+    held_out = review_prompts()[-HELD_OUT_MOVIES:]
+    started = time.time()
+    sft = stage_sft(root, size, set(held_out))
+    candidates = stage_sample(root, size, sft.model_dir, held_out[:size.prompts])
+    pairs, labels = stage_label(root)
+    reward = stage_reward(root, size, pairs)
 
-    held = set(held_out)
-    train_rows = [{"prompt": p, "completion": c} for p, c in review_examples() if p not in held]
-    train_file = root / "sft-train.jsonl"
-    atomic_write_text(train_file, "".join(json.dumps(r) + "\n" for r in train_rows))
-    prompt_file = root / "held-out-prompts.jsonl"
-    atomic_write_text(prompt_file, "".join(json.dumps({"prompt": p}) + "\n" for p in held_out))
-
-    model = "tiny-llama" if quick else "smollm2-135m-instruct"
-    steps = sft_steps or (8 if quick else 40)
-    overrides = {"model": {"name": model, "lora": {"enabled": not quick, "r": 16, "alpha": 32}},
-                 "data": {"train": str(train_file), "max_length": 192, "eval_fraction": 0.02},
-                 "batch": {"batch_size": 8, "micro_batch_size": 8, "max_steps": steps},
-                 "optim": {"lr": 1e-3 if quick else 2e-4, "warmup_steps": 2},
-                 "run": {"out_dir": str(root), "name": "sft", "seed": 0}}
-    print(f"\n== 1. SFT: {model}{' + LoRA' if not quick else ''}, {steps} steps on {len(train_rows)} "
-          f"review examples")
-    sft = train(load_config(SFTConfig, overrides=overrides))
-
-    n = num_prompts or (8 if quick else 16)
-    subset = root / "sample-prompts.jsonl"
-    atomic_write_text(subset, "".join(json.dumps({"prompt": p}) + "\n" for p in held_out[:n]))
-    print(f"\n== 2. Sample: 4 candidate reviews for each of {n} held-out movies")
-    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=24 if quick else 48, batch_size=16)
-    candidates = sample_candidates(str(sft.model_dir), str(subset), root / "candidates.jsonl", 4, sampling, seed=0)
-
-    summary = {"sft": sft.summary, "candidates": str(root / "candidates.jsonl"),
-               "example": {"prompt": candidates[0]["prompt"], "completions": candidates[0]["completions"]}}
+    summary = {"policy": size.policy, "seconds": round(time.time() - started, 1), "sft": sft.summary,
+               "candidates": str(root / "candidates.jsonl"), "labels": labels, "reward": reward.summary}
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"\n== done: {root}\n   SFT eval loss {sft.summary['eval'].get('loss', float('nan')):.3f}; "
-          f"model in {sft.model_dir}\n   first held-out movie: {candidates[0]['prompt'][:120]}…")
+    accuracy = reward.summary.get("eval", {}).get("accuracy")
+    print(f"\n== done in {summary['seconds']:.0f}s: {root}\n"
+          f"   SFT eval loss {sft.summary['eval'].get('loss', float('nan')):.3f}; policy in {sft.model_dir}\n"
+          f"   reward model held-out accuracy: {accuracy:.1%}" if accuracy is not None else "")
+    print(f"   first held-out movie: {candidates[0]['prompt'][:110]}…")
     for k, text in enumerate(candidates[0]["completions"]):
-        print(f"   candidate {k + 1}: {text[:160]}")
-    print("   next: label these candidates yourself once `tuneloop label serve` lands; try "
-          f"`tuneloop chat --model {sft.model_dir}`")
+        print(f"   candidate {k + 1}: {text[:150]}")
+    print(f"   next: judge the candidates yourself with `tuneloop label serve --db {root / 'labels.db'}`, "
+          f"or talk to the policy: `tuneloop chat --model {sft.model_dir}`")
     return summary
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the loop on the bundled model and data")
-    p.add_argument("--quick", action="store_true", help="a tiny model, about a minute (for CI)")
+    p.add_argument("--quick", action="store_true", help="a tiny policy, about a minute (for CI)")
     p.add_argument("--out-dir", default="runs")
-    p.add_argument("--sft-steps", type=int, default=None)
-    p.add_argument("--prompts", type=int, default=None, help="held-out prompts to sample for")
-    p.set_defaults(handler=lambda a, _: run_demo(a.quick, a.out_dir, a.sft_steps, a.prompts) and 0)
+    p.set_defaults(handler=lambda a, _: run_demo(a.quick, a.out_dir) and 0)
