@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from conftest import write_candidates
+from labeldata import write_candidates
 from fastapi.testclient import TestClient
 
 from tuneloop.feedback.importer import import_candidates

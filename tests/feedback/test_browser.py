@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import candidates_record
+from labeldata import candidates_record
 
 try:
     from playwright.sync_api import expect

@@ -5,7 +5,7 @@ import json
 import uuid
 
 import pytest
-from conftest import write_candidates
+from labeldata import write_candidates
 
 from tuneloop.data.loading import read_records
 from tuneloop.data.preferences import preference_pair, ranking
@@ -69,7 +69,7 @@ def test_rankings_export_and_aggregation(any_store, tmp_path):
 def test_simulated_session_exports_what_the_reward_model_reads(tmp_path, request, backend):
     """The export needs no conversion: every pairs line parses as a PreferencePair and every rankings
     line as a Ranking with tuneloop's own preference validators; the manifest hashes match the files."""
-    from conftest import new_pg_database
+    from labeldata import new_pg_database
 
     pairs_src = write_candidates(tmp_path / "p.jsonl", 8, k=3)
     ranks_src = write_candidates(tmp_path / "r.jsonl", 4, k=4, start=500)

@@ -7,7 +7,7 @@ BERT on the bundled MiniLM tokenizer keeps it to seconds on CPU (skipped only if
 import os
 
 import pytest
-from conftest import write_candidates
+from labeldata import write_candidates
 
 from tuneloop.feedback import export_all, simulate
 

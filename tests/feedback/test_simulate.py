@@ -4,7 +4,7 @@ import argparse
 import json
 
 import pytest
-from conftest import write_candidates
+from labeldata import write_candidates
 
 from tuneloop.feedback import Store
 from tuneloop.feedback import cli as label_cli

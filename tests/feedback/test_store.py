@@ -6,7 +6,7 @@ import threading
 import uuid
 
 import pytest
-from conftest import candidates_record, write_candidates
+from labeldata import candidates_record, write_candidates
 from sqlalchemy import select, text
 
 from tuneloop.data.errors import DataError
@@ -278,5 +278,6 @@ def test_several_processes_share_one_sqlite_file(store, tmp_path):
     for p in procs:
         p.join(120)
     assert errors.empty(), errors.get()
+    assert [p.exitcode for p in procs] == [0, 0, 0], "a worker process died (see its stderr above)"
     assert store.counts()["judgments"] == 30 * 3
     assert store.check_integrity() == []
