@@ -135,9 +135,9 @@ def test_bad_transcripts(chosen, rejected, field, words):
     assert err.field == field and words in str(err), str(err)
 
 
-@pytest.mark.skipif(not HH.exists(), reason="shared HH-RLHF sample not present")
 def test_all_real_hh_rlhf_pairs_parse():
     """All 1,800 pairs of ../shared/data/hh-rlhf-harmless parse; every prompt ends on a user turn."""
+    assert HH.exists(), f"{HH} is missing: the tests expect ../shared beside the checkout"
     pairs = preference_pairs(load_records(HH))
     assert len(pairs) == 1800
     assert all(p.prompt[-1]["role"] == "user" and p.chosen != p.rejected for p in pairs)

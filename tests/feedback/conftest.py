@@ -62,7 +62,8 @@ def _free_port() -> int:
 def pg_server(tmp_path_factory):
     """A throwaway PostgreSQL on 127.0.0.1 (trust auth, fsync off); yields its base URL.
 
-    Skips when the binaries are absent, unless TUNELOOP_REQUIRE_PG is set (CI sets it: there it must run).
+    Fails when the binaries are absent (scripts/install-system-packages.sh installs them); skips only when
+    TUNELOOP_SKIP_SYSTEM_TESTS=1 says so explicitly.
     As root, the server runs as the 'postgres' user through runuser.
     """
     import shutil
@@ -70,9 +71,9 @@ def pg_server(tmp_path_factory):
 
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        if os.environ.get("TUNELOOP_REQUIRE_PG"):
-            pytest.fail("TUNELOOP_REQUIRE_PG is set but initdb/pg_ctl were not found")
-        pytest.skip("PostgreSQL binaries not installed")
+        if os.environ.get("TUNELOOP_SKIP_SYSTEM_TESTS") == "1":
+            pytest.skip("PostgreSQL binaries missing and TUNELOOP_SKIP_SYSTEM_TESTS=1")
+        pytest.fail("PostgreSQL binaries (initdb, pg_ctl) not found: run scripts/install-system-packages.sh")
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="tuneloop-pg-"))  # pytest's own tmp folders are root-only

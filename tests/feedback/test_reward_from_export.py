@@ -18,11 +18,9 @@ def _tiny_bert(tmp_path) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    encoder = pytest.importorskip("tuneloop.models.bundled_encoder")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(encoder.bundled_encoder_path())
-    except Exception as err:  # noqa: BLE001 - the bundled encoder package is optional here
-        pytest.skip(f"bundled encoder not installed: {err}")
+    from tuneloop.models import bundled_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_encoder.bundled_encoder_path())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=512)
     torch.manual_seed(0)
