@@ -47,7 +47,11 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     assert groups, "the model has no trainable parameters"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    # The fused kernel does the whole update in one pass per tensor: on CPU it cut the optimizer step of
+    # a 135M model from ~0.5 s to ~0.13 s (bench/sft_vs_trl.py profile). Same math as the loop version.
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None)
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
