@@ -39,3 +39,50 @@ class SFTBatch:
             if isinstance(value, torch.Tensor):
                 moved[name] = value.to(device)
         return SFTBatch(**moved)
+
+
+@dataclass
+class PreferenceBatch:
+    """One micro-batch for the DPO family: S response sequences scored in one forward pass.
+
+    Paired losses: S = 2P sequences of P pairs, interleaved (sequence 2i is the chosen response of pair
+    i, 2i+1 the rejected one). KTO: S unpaired examples. Each sequence is a prompt and a response.
+    Layouts: one right-padded row per sequence (B = S); one padding-free row (B = 1) where each
+    sequence is a document with positions restarting at 0; or "trees": responses that follow the
+    same prompt share one copy of it (each response attends to the prompt and to itself, never to
+    its sibling; its positions continue from the prompt's end), trees packed into a few rows.
+
+    The N counted response tokens are listed explicitly: token n is ``score_targets[n]``, predicted by
+    the logits at (``score_rows[n]``, ``score_cols[n]``). Two responses of one shared prompt are both
+    predicted, for their first token, by the prompt's last position, so a column may be listed twice.
+    """
+
+    input_ids: torch.Tensor  # (B, T) token ids; padding positions hold the pad id
+    position_ids: torch.Tensor  # (B, T) position of each token inside its own sequence
+    attention_mask: torch.Tensor | None  # (B, T) 1 on real tokens (padded layout); (B, 1, T, T) bool, True where
+    #                                      query t may attend key t' (trees); None (padding-free row)
+    score_rows: torch.Tensor  # (N,) row of the position whose logits predict each counted response token
+    score_cols: torch.Tensor  # (N,) column of that position
+    score_targets: torch.Tensor  # (N,) the response token predicted there
+    score_sequence: torch.Tensor  # (N,) which of the S sequences the token belongs to
+    response_tokens: torch.Tensor  # (S,) number of counted response tokens of each sequence, |y|
+    reference_logps: torch.Tensor | None  # (S,) Σ log π_ref(y|x) of each response; None: reference-free or live
+    desirable: torch.Tensor | None  # (S,) bool, KTO only: True for a desirable response
+    paired: bool  # True: interleaved (chosen, rejected) pairs; False: unpaired examples
+    tokens: int  # real tokens the model reads (padding excluded; a shared prompt counted once)
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.response_tokens.numel())
+
+    @property
+    def num_units(self) -> int:
+        """Pairs (paired) or examples (KTO): the unit the loss is averaged over."""
+        return self.num_sequences // 2 if self.paired else self.num_sequences
+
+    def to(self, device: torch.device | str) -> PreferenceBatch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device)
+        return PreferenceBatch(**moved)

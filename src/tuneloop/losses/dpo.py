@@ -66,14 +66,22 @@ class UnpairedLogps:
 class DPOParams:
     """Hyperparameters of the DPO family; each field applies only to the losses it names."""
 
-    beta: float = 0.1  # β: KL strength of dpo/cdpo/robust/ipo/hinge/kto (DPO eq. 7; IPO's τ)
-    label_smoothing: float = 0.0  # ε: assumed label-flip rate of cdpo and robust (0 ≤ ε < ½)
-    simpo_beta: float = 2.0  # β of SimPO (scales per-token average log-probs; the paper uses 2.0–2.5)
-    simpo_gamma: float = 0.5  # γ: SimPO's target reward margin
-    orpo_lambda: float = 0.1  # λ: weight of ORPO's odds-ratio term against its NLL term
-    kto_desirable_weight: float = 1.0  # λ_D of KTO
-    kto_undesirable_weight: float = 1.0  # λ_U of KTO
-    rpo_alpha: float = 0.0  # α: weight of the chosen NLL term added to a paired loss (RPO); 0 = off
+    beta: float = 0.1
+    """β: KL strength of dpo/cdpo/robust/ipo/hinge/kto (DPO eq. 7; IPO's τ)."""
+    label_smoothing: float = 0.0
+    """ε: assumed label-flip rate of cdpo and robust (0 ≤ ε < ½)."""
+    simpo_beta: float = 2.0
+    """β of SimPO (scales per-token average log-probs; the paper uses 2.0–2.5)."""
+    simpo_gamma: float = 0.5
+    """γ: SimPO's target reward margin."""
+    orpo_lambda: float = 0.1
+    """λ: weight of ORPO's odds-ratio term against its NLL term."""
+    kto_desirable_weight: float = 1.0
+    """λ_D of KTO."""
+    kto_undesirable_weight: float = 1.0
+    """λ_U of KTO."""
+    rpo_alpha: float = 0.0
+    """α: weight of the chosen NLL term added to a paired loss (RPO); 0 = off."""
 
 
 def log_ratio_difference(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,

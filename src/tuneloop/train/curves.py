@@ -1,0 +1,57 @@
+"""Training curves from a run's ``metrics.jsonl`` as one PNG (matplotlib, Agg: no display needed).
+
+A resumed run appends the steps it replays after its checkpoint, so a step can appear twice; the
+last record of each (step, split) wins, which is the history of the run as it finally happened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def read_metrics(path: Path) -> dict[str, dict[int, dict]]:
+    """split → step → the last record logged for that step."""
+    out: dict[str, dict[int, dict]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out.setdefault(record["split"], {})[int(record["step"])] = record
+    return out
+
+
+def plot_curves(metrics_path: Path, out_path: Path, panels: list[tuple[str, list[str]]], title: str) -> Path | None:
+    """One subplot per (panel title, metric keys): train as lines, eval as markers. None if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = read_metrics(metrics_path)
+    present = [(name, keys) for name, keys in panels
+               if any(key in r for split in history.values() for r in split.values() for key in keys)]
+    if not present:
+        return None
+    cols = 3
+    rows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, keys) in zip(axes.flat, present):
+        for k, key in enumerate(keys):
+            for split, style in (("train", {"linewidth": 1.2}), ("eval", {"marker": "o", "linestyle": "--"})):
+                style = {**style, "color": f"C{k}"}
+                points = sorted((s, r[key]) for s, r in history.get(split, {}).items()
+                                if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]))
+                if points:
+                    ax.plot(*zip(*points), label=f"{split} {key}", **style)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
