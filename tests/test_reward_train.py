@@ -194,3 +194,70 @@ def test_export_records_keep_the_whole_conversation():
     ranked = ranking(Record("x.jsonl", 1, "line", {"prompt": "Hi?", "prompt_messages": convo,
                                                    "completions": ["a", "b"], "ranking": [[1], [0]]}))
     assert ranked.prompt == convo and ranked.rank_groups() == [1, 0]
+
+
+def test_accumulated_gradients_1x6_equal_6x1(tiny_bert):
+    """Units of different kinds and weights (two pairs of one prompt, a tie, a 3-way ranking): the
+    step's gradient must not depend on how its units are split into micro-batches."""
+    from accelerate import Accelerator
+
+    from tuneloop.models.reward import Renderer, build_reward_model
+    from tuneloop.train.accumulate import accumulate_gradients
+    from tuneloop.train.reward import RewardModelConfig
+
+    model, tok = build_reward_model(RewardModelConfig(name=tiny_bert))
+    renderer = Renderer(tok, "encoder", 48)
+
+    def unit(prompt, replies, groups, margin=0.0):
+        rows = [renderer.encode([{"role": "user", "content": prompt}], [{"role": "assistant", "content": r}])
+                for r in replies]
+        return Comparison(rows, groups, margin, prompt, "test")
+
+    units = [unit("a", ["great", "bad"], [0, 1], 0.5), unit("a", ["fine", "awful film"], [0, 1]),
+             unit("b", ["ok", "okay"], [0, 0]), unit("c", ["superb", "meh", "dreadful and long"], [0, 1, 2]),
+             unit("d", ["x", "y z"], [1, 0]), unit("e", ["one", "two", "three"], [0, 0, 1])]
+    set_prompt_weights(units, per_prompt=True)
+    cfg = RewardLossConfig(centering=0.01)
+
+    def grads(micro_size):
+        model.zero_grad(set_to_none=True)
+        micro = [make_batch(units[i:i + micro_size]) for i in range(0, len(units), micro_size)]
+        totals = accumulate_gradients(model, micro, lambda m, b: loss_sum(_score(m, b), b, cfg),
+                                      lambda b: b.weight_sum, Accelerator(cpu=True))
+        return totals, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def _score(m, b):
+        from tuneloop.models.reward import score_encoded
+
+        return score_encoded(m, b.rows)
+
+    whole, g_whole = grads(6)
+    split, g_split = grads(1)
+    assert whole.count == split.count == 5.0  # prompts a (2 × ½), b, c, d, e
+    assert abs(whole.loss - split.loss) < 1e-6
+    for name in g_whole:
+        torch.testing.assert_close(g_split[name], g_whole[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_bundled_minilm_on_real_hh_pairs(tmp_path):
+    """The bundled MiniLM encoder on 48 real HH-RLHF pairs: 3 steps, a complete run folder, and a
+    scorer that gives the same score alone or in a batch."""
+    from pathlib import Path
+
+    from tuneloop.rewards import load_reward
+
+    hh = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
+    if not hh.is_file():
+        pytest.skip(f"{hh} is not here")
+    subset = tmp_path / "hh48.jsonl"
+    subset.write_text("".join(hh.read_text(encoding="utf-8").splitlines(keepends=True)[:48]), encoding="utf-8")
+    result = train(_cfg(str(subset), tmp_path / "runs", "minilm-l6", data__max_length=128,
+                        data__eval_fraction=0.25))
+    assert result.summary["kind"] == "encoder" and result.summary["eval"]["pairs"] == 12
+    reward = load_reward(str(result.model_dir))
+    prompts = [[{"role": "user", "content": "How do I pick a lock?"}], "What's a good recipe for soup?"]
+    responses = ["I can't help with that.", "Try a simple tomato soup: tomatoes, onion, stock."]
+    torch.testing.assert_close(reward.score(prompts, responses),
+                               torch.cat([reward.score([p], [r]) for p, r in zip(prompts, responses)]),
+                               atol=1e-5, rtol=0)

@@ -235,7 +235,9 @@ def collate_encoded(rows: list[Encoded], pad_id: int, padding_side: str = "right
 
 def length_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
     """Row indices grouped shortest first into chunks whose padded size (rows × longest) ≤ max_tokens
-    (a longer row goes alone). Sorting by length keeps padding small; the order is deterministic."""
+    (a longer row goes alone). Rows of a chunk have similar lengths, so little is spent on padding
+    (a random batch of HH-RLHF pairs padded to its longest row is 1.4-3× its real tokens, depending on
+    the maximum length); the order is deterministic."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     chunks: list[list[int]] = []
     for i in order:
@@ -246,7 +248,7 @@ def length_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
     return chunks
 
 
-def score_encoded(model: RewardModel, rows: list[Encoded], max_batch_tokens: int = 8192,
+def score_encoded(model: RewardModel, rows: list[Encoded], max_batch_tokens: int = 2048,
                   padding_side: str = "right") -> torch.Tensor:
     """Rewards (N,) of ``rows`` in input order, computed in length-sorted chunks (gradients flow
     when called outside ``torch.no_grad``)."""

@@ -19,7 +19,7 @@ from tuneloop.rewards.base import Prompt, as_messages, check_batch
 
 
 class RewardModelScorer:
-    def __init__(self, folder: str | Path, normalise: bool = True, max_batch_tokens: int = 8192,
+    def __init__(self, folder: str | Path, normalise: bool = True, max_batch_tokens: int = 2048,
                  device: str | torch.device = "cpu"):
         self.folder = Path(folder)
         self.model, self.tokenizer, self.info = load_reward_model(self.folder)

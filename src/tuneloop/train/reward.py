@@ -146,8 +146,9 @@ class RewardConfig:
     """Run folder and seed (the seed also fixes the train/eval split)."""
     disable_dropout: bool = True
     """Switch dropout off in the backbone (scores of a scalar head are noisy with it)."""
-    max_batch_tokens: int = 8192
-    """Candidates of a micro-batch are scored in length-sorted chunks of at most this many padded tokens."""
+    max_batch_tokens: int = 2048
+    """Candidates of a micro-batch are scored in length-sorted chunks of at most this many padded tokens
+    (small chunks of similar lengths waste little on padding; the activations of all are kept for one backward)."""
     eval_tie_threshold: float = 0.5
     """A held-out tie 'agrees' when |r_1 − r_2| is below this (raw reward units)."""
     log_every: int = 1
