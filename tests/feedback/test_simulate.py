@@ -79,3 +79,11 @@ def test_cli_import_users_simulate_stats_export(tmp_path, capsys, monkeypatch):
         _run(["label", "serve", "--db", db, "--host", "0.0.0.0"])
     with pytest.raises(FileNotFoundError):
         _run(["label", "stats", "--db", str(tmp_path / "missing.db")])
+
+
+def test_expected_agreement_without_noise():
+    """σ = 0: a pair with gold gap 1 is always ordered the same way (agreement 1); an exact tie is a coin
+    flip for each rater, so two agree with probability ½·½ + ½·½ = ½. Mean over the two pairs: 0.75."""
+    from tuneloop.feedback.panel import expected_agreement
+
+    assert expected_agreement([1.0, 0.0], 0.0) == 0.75

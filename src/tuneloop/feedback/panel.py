@@ -72,7 +72,10 @@ def expected_agreement(gaps: list[float], sigma: float) -> float | None:
         return None
     total = 0.0
     for gap in gaps:
-        p = 0.5 * (1 + math.erf(abs(gap) / (sigma * 2.0)))  # Φ(x) = ½(1 + erf(x/√2)), x = |Δ|/(σ√2)
+        if sigma == 0:  # noiseless raters: always the gold order, a coin flip on an exact tie
+            p = 1.0 if gap else 0.5
+        else:
+            p = 0.5 * (1 + math.erf(abs(gap) / (sigma * 2.0)))  # Φ(x) = ½(1 + erf(x/√2)), x = |Δ|/(σ√2)
         total += p * p + (1 - p) * (1 - p)
     return total / len(gaps)
 
