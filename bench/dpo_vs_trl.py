@@ -2,14 +2,15 @@
 
 Run (from the repository root, with the ``bench`` extra installed: ``pip install -e '.[bench]'``):
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/dpo_vs_trl.py          # SmolLM2-135M + LoRA, ~30 min, 2 cores
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/dpo_vs_trl.py       # SmolLM2-135M + LoRA, 30+ min
     HF_HUB_OFFLINE=1 python bench/dpo_vs_trl.py --model tiny-llama --steps 3    # smoke run, ~1 min
     python bench/dpo_vs_trl.py --json results.json
 
 Same for both tools: the model (default the bundled SmolLM2-135M-Instruct in fp32 with LoRA r=16,
 α=32 on every linear layer), the preference pairs (the first ``--batch × --steps`` HH-RLHF harmless
-pairs of ../shared/data: one epoch, each tool in its own shuffled order), the token ids (tokenised once by tuneloop -- prompt through the chat template's
-generation prompt, each reply its text and end-of-turn marker -- and handed to TRL as
+pairs of ../shared/data: one epoch, each tool in its own shuffled order), the token ids (tokenised
+once by tuneloop -- prompt through the chat template's generation prompt, each reply its text and
+end-of-turn marker -- and handed to TRL as
 ``prompt_ids``/``chosen_ids``/``rejected_ids``, bypassing TRL's own tokenisation), the lengths
 (``--max-length``, ``--max-prompt-length``), the batch (``--batch`` pairs per optimizer step, no
 accumulation), β, learning rate, cosine schedule, warm-up, gradient clipping 1.0 and seed. The reference
@@ -81,9 +82,10 @@ def load_pairs(args, tokenizer):
     from tuneloop.train.dpo_data import DataStats, Limits, tokenize_pairs
 
     pairs = preference_pairs(load_records(args.data)[:args.batch * args.steps])
-    units = tokenize_pairs(pairs, tokenizer, Limits(args.max_length, args.max_prompt_length, "truncate"), DataStats())
+    limits = Limits(args.max_length, args.max_prompt_length, "truncate")
+    units = tokenize_pairs(pairs, tokenizer, limits, DataStats())
     for u in units:  # TRL's collator counts every completion token; HH replies are single turns
-        assert all(u.chosen.response_mask) and all(u.rejected.response_mask), f"multi-turn reply at {u.source}"
+        assert all(u.chosen.response_mask + u.rejected.response_mask), f"multi-turn reply at {u.source}"
         assert u.chosen.prompt_ids == u.rejected.prompt_ids
     rows = [{"prompt_ids": u.chosen.prompt_ids, "chosen_ids": u.chosen.response_ids,
              "rejected_ids": u.rejected.response_ids} for u in units]
@@ -109,8 +111,8 @@ def trl_trainer(args, model, tokenizer, dataset, steps: int, callbacks=()):
         max_length=args.max_length, bf16=False, fp16=False, gradient_checkpointing=False, logging_steps=1,
         save_strategy="no", eval_strategy="no", report_to="none", seed=args.seed, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
-    peft = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
+    peft = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
     return PreTokenizedDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                                   peft_config=peft, callbacks=list(callbacks))
 
@@ -172,12 +174,13 @@ def loss_agreement(args, units, dataset) -> dict:
         for name, value in perturbed.items():
             params[name].copy_(value)
         with ours.disable_adapter():  # the cache code, scoring with the adapters off: the reference
-            reference = score_units(ours, [(u.chosen, u.rejected) for u in (units[i] for i in first)],
-                                    layout="shared_prompt", pad_id=tokenizer.pad_token_id, token_budget=1 << 30,
-                                    device="cpu").reshape(-1)
+            reference = score_units(ours, [(units[i].chosen, units[i].rejected) for i in first],
+                                    layout="shared_prompt", pad_id=tokenizer.pad_token_id,
+                                    token_budget=1 << 30, device="cpu").reshape(-1)
         ours.train()
-        batch = collate([s for i in first for s in graded_sequences(units[i])], paired=True, layout="shared_prompt",
-                        pad_id=tokenizer.pad_token_id, reference_logps=reference)
+        sequences = [s for i in first for s in graded_sequences(units[i])]
+        batch = collate(sequences, paired=True, layout="shared_prompt", pad_id=tokenizer.pad_token_id,
+                        reference_logps=reference)
         loss_sum, _ = batch_loss_sum(ours, batch, DPOLoss.DPO, DPOParams(beta=args.beta),
                                      supports_logits_to_keep(ours))
     tuneloop_loss = loss_sum.item() / len(first)
@@ -201,7 +204,7 @@ def run_trl(args, dataset) -> dict:
     timed = slice(args.warmup_steps, None)
     wall, cpu = sum(timer.wall[timed]), sum(timer.cpu[timed])
     pairs = args.batch * len(timer.wall[timed])
-    return {"pairs_per_s": pairs / wall, "pairs_per_s_with_reference": pairs / wall, "cpu_s_per_pair": cpu / pairs,
+    return {"pairs_per_s": pairs / wall, "cpu_s_per_pair": cpu / pairs,
             "cpu_per_wall": cpu / wall, "timed_steps": len(timer.wall[timed]), "step_wall_s": timer.wall,
             "train_wall_s": total, "losses": losses}
 
@@ -212,28 +215,39 @@ def run_tuneloop(args, folder: Path) -> dict:
 
     subset = folder / "pairs.jsonl"
     with open(args.data, encoding="utf-8") as src:
-        subset.write_text("".join(line for _, line in zip(range(args.batch * args.steps), src)), encoding="utf-8")
+        lines = [line for _, line in zip(range(args.batch * args.steps), src)]
+    subset.write_text("".join(lines), encoding="utf-8")
     cfg = load_config(DPOConfig, overrides={
         "model": {"name": args.model, "lora": {"enabled": True, "r": args.lora_r, "alpha": 2 * args.lora_r}},
         "data": {"train": str(subset), "eval_fraction": 0.0, "max_length": args.max_length,
                  "max_prompt_length": args.max_prompt_length},
         "loss_params": {"beta": args.beta},
         "batch": {"batch_size": args.batch, "micro_batch_size": args.batch, "max_steps": args.steps},
-        "optim": {"lr": args.lr, "warmup_steps": args.warmup_steps, "schedule": "cosine", "max_grad_norm": 1.0},
+        "optim": {"lr": args.lr, "warmup_steps": args.warmup_steps, "schedule": "cosine",
+                  "max_grad_norm": 1.0},
         "run": {"out_dir": str(folder / "runs"), "seed": args.seed}})
-    cpu0 = time.process_time()
-    result = train(cfg)
+    marks = []  # (wall, cpu) after each step's backward pass: one micro-batch per step, so consecutive
+    #             marks are one whole step apart (optimizer step, logging, collation, forward, backward)
+    def mark(_step: int, _micro: int) -> None:
+        marks.append((time.perf_counter(), time.process_time()))
+
+    result = train(cfg, on_micro_batch=mark)
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["split"] == "train"]
     timed = steps[args.warmup_steps:]
     wall = sum(r["step_time_s"] for r in timed)
     pairs = sum(r["units"] for r in timed)
+    between = marks[args.warmup_steps - 1:] if args.warmup_steps else marks
+    cpu = between[-1][1] - between[0][1]
+    cpu_wall = between[-1][0] - between[0][0]
     reference_s = result.summary["reference"]["seconds"]
     covered = args.batch * args.steps  # the reference was computed for every pair the steps visit
     with_reference = pairs / (wall + reference_s * pairs / covered)
     return {"pairs_per_s": pairs / wall, "pairs_per_s_with_reference": with_reference,
-            "reference_s": reference_s, "timed_steps": len(timed), "step_wall_s": [r["step_time_s"] for r in steps],
-            "cpu_s_per_pair_whole_run": (time.process_time() - cpu0) / covered,
+            "reference_s": reference_s, "timed_steps": len(timed),
+            "step_wall_s": [r["step_time_s"] for r in steps],
+            "cpu_s_per_pair": cpu / (len(between) - 1) / args.batch, "cpu_per_wall": cpu / cpu_wall,
+            "cpu_s_per_pair_with_reference": (cpu + reference_s * (cpu / cpu_wall) * pairs / covered) / pairs,
             "losses": [r["loss"] for r in steps], "run_dir": str(result.run_dir)}
 
 
@@ -251,22 +265,29 @@ def main(argv=None) -> int:
     results["loss_agreement"] = loss_agreement(args, units, dataset)
     la = results["loss_agreement"]
     print(f"first batch ({la['pairs']} pairs): TRL loss {la['trl']:.7f}, tuneloop loss {la['tuneloop']:.7f}, "
-          f"|diff| {la['abs_diff']:.2e} (log 2 = {la['log2']:.7f}) [{time.perf_counter() - t:.0f} s]", flush=True)
+          f"|diff| {la['abs_diff']:.2e} (log 2 = {la['log2']:.7f}) [{time.perf_counter() - t:.0f} s]",
+          flush=True)
     if args.skip != "speed":
         with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
             if args.skip != "tuneloop":
                 results["tuneloop"] = run_tuneloop(args, Path(tmp))
-                print(f"tuneloop: {results['tuneloop']['pairs_per_s']:.3f} pairs/s in steps, "
-                      f"{results['tuneloop']['pairs_per_s_with_reference']:.3f} with the reference precomputation",
-                      flush=True)
+                ours = results["tuneloop"]
+                print(f"tuneloop: {ours['pairs_per_s']:.3f} pairs/s in steps, "
+                      f"{ours['pairs_per_s_with_reference']:.3f} with the reference precomputation, "
+                      f"cpu/wall {ours['cpu_per_wall']:.2f}", flush=True)
             if args.skip != "trl":
                 results["trl"] = run_trl(args, dataset)
                 print(f"TRL: {results['trl']['pairs_per_s']:.3f} pairs/s (reference inside each step), "
                       f"cpu/wall {results['trl']['cpu_per_wall']:.2f}", flush=True)
     if "tuneloop" in results and "trl" in results:
-        results["ratio"] = results["tuneloop"]["pairs_per_s_with_reference"] / results["trl"]["pairs_per_s"]
-        results["ratio_steps_only"] = results["tuneloop"]["pairs_per_s"] / results["trl"]["pairs_per_s"]
-        print(f"ratio tuneloop / TRL: {results['ratio']:.2f}× (steps only {results['ratio_steps_only']:.2f}×)")
+        ours, theirs = results["tuneloop"], results["trl"]
+        results["ratio"] = ours["pairs_per_s_with_reference"] / theirs["pairs_per_s"]
+        results["ratio_steps_only"] = ours["pairs_per_s"] / theirs["pairs_per_s"]
+        results["ratio_cpu"] = theirs["cpu_s_per_pair"] / ours["cpu_s_per_pair_with_reference"]
+        print(f"ratio tuneloop / TRL: {results['ratio']:.2f}× in wall time (steps only "
+              f"{results['ratio_steps_only']:.2f}×); {results['ratio_cpu']:.2f}× in CPU seconds per pair "
+              f"(cpu/wall: tuneloop {ours['cpu_per_wall']:.2f}, TRL {theirs['cpu_per_wall']:.2f}, "
+              f"threads {results['threads']})")
     results["load_avg_end"] = os.getloadavg()
     ok = la["abs_diff"] <= 1e-5 and abs(la["trl"] - la["log2"]) > 1e-3
     print(f"losses agree to 1e-5 on a non-trivial batch: {'yes' if ok else 'NO'}")

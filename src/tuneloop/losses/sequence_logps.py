@@ -23,6 +23,7 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def sum_by_sequence(values: torch.Tensor, sequence_index: torch.Tensor, num_sequences: int) -> torch.Tensor:
     """Σ values per sequence: (N,), (N,) long in [0, S) → (S,); a sequence with no value sums to 0."""
     assert values.shape == sequence_index.shape and values.dim() == 1, (
-        f"expected two (N,) tensors, got values {tuple(values.shape)}, sequence_index {tuple(sequence_index.shape)}")
+        f"expected two (N,) tensors, got values {tuple(values.shape)}, "
+        f"sequence_index {tuple(sequence_index.shape)}")
     out = torch.zeros(num_sequences, dtype=values.dtype, device=values.device)
     return out.index_add(0, sequence_index, values)

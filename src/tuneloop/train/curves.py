@@ -21,8 +21,9 @@ def read_metrics(path: Path) -> dict[str, dict[int, dict]]:
     return out
 
 
-def plot_curves(metrics_path: Path, out_path: Path, panels: list[tuple[str, list[str]]], title: str) -> Path | None:
-    """One subplot per (panel title, metric keys): train as lines, eval as markers. None if nothing to plot."""
+def plot_curves(metrics_path: Path, out_path: Path, panels: list[tuple[str, list[str]]],
+                title: str) -> Path | None:
+    """One subplot per (panel title, metric keys): train as lines, eval as markers (None: nothing to plot)."""
     import matplotlib
 
     matplotlib.use("Agg")

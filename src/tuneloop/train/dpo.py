@@ -80,28 +80,29 @@ from tuneloop.train.session import (
 @dataclass
 class DPODataConfig:
     train: str | None = None
-    """Preference data (required): pairs, HH-RLHF transcripts, rankings, the labelling app's pairs.jsonl, or for
-    KTO unpaired {prompt, completion, label} records; JSONL/Parquet/CSV or a saved HF dataset folder."""
+    """Preference data (required): pairs, HH-RLHF transcripts, rankings, the labelling app's pairs.jsonl,
+    or for KTO unpaired {prompt, completion, label} records; JSONL/Parquet/CSV or a saved HF dataset."""
     eval: str | None = None
     """Held-out data in the same forms; when null, eval_fraction of the training prompts is held out."""
     eval_fraction: float = 0.05
-    """Share of the distinct training prompts held out for evaluation when no eval file is given (0 disables)."""
+    """Share of the distinct training prompts held out when no eval file is given (0 disables)."""
     max_length: int = 512
     """Maximum tokens of prompt + response."""
     max_prompt_length: int = 256
-    """When prompt + response is too long, the prompt keeps its last max_prompt_length tokens; responses are then
-    cut at the end to fit max_length."""
+    """When prompt + response is too long, the prompt keeps its last max_prompt_length tokens; responses
+    are then cut at the end to fit max_length."""
     too_long: Literal["truncate", "drop"] = "truncate"
     """What to do with a pair (or example) longer than max_length: truncate it, or leave it out."""
     layout: Layout = "shared_prompt"
-    """How a micro-batch is fed: 'shared_prompt' (chosen and rejected follow ONE copy of their prompt, packed into
-    rows as long as the longest pair: no cross-pair attention work), 'padding_free' (one row, each sequence with
-    its own prompt: for variable-length attention kernels) or 'padded' (one padded row per sequence)."""
+    """How a micro-batch is fed: 'shared_prompt' (chosen and rejected follow ONE copy of their prompt,
+    packed into rows as long as the longest pair: no cross-pair attention work), 'padding_free' (one
+    row, each sequence with its own prompt: for variable-length attention kernels) or 'padded' (one
+    padded row per sequence)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_prompt_length < self.max_length:
-            raise ValueError(f"need 1 ≤ data.max_prompt_length < data.max_length, got {self.max_prompt_length} and "
-                             f"{self.max_length}")
+            raise ValueError(f"need 1 ≤ data.max_prompt_length < data.max_length, got "
+                             f"{self.max_prompt_length} and {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
@@ -151,9 +152,11 @@ class DPOConfig:
     def __post_init__(self) -> None:
         _check_loss(self.loss, self.loss_params)
         if self.reference.mode == "lora_base" and not self.model.lora.enabled:
-            raise ValueError("reference.mode 'lora_base' needs model.lora.enabled: true (the base is the reference)")
+            raise ValueError("reference.mode 'lora_base' needs model.lora.enabled: true (the base is the "
+                             "reference)")
         if self.reference.mode == "lora_base" and self.reference.model is not None:
-            raise ValueError("reference.mode 'lora_base' uses the adapter-disabled base; reference.model must be null")
+            raise ValueError("reference.mode 'lora_base' uses the adapter-disabled base; reference.model "
+                             "must be null")
         if self.reference.model is not None and not self.loss.needs_reference:
             raise ValueError(f"reference.model is set but loss '{self.loss.value}' uses no reference model")
 
@@ -200,9 +203,10 @@ class Batches:
     def graded(self, indices: list[int]) -> PreferenceBatch:
         """The sequences whose log-probs enter the loss: interleaved (chosen, rejected) or completions."""
         desirable = None if self.paired else torch.tensor([self.units[i].desirable for i in indices])
-        return collate([s for i in indices for s in graded_sequences(self.units[i])], paired=self.paired,
-                       layout=self.layout, pad_id=self.pad_id,
-                       reference_logps=self._reference(GRADED_NAMES[self.paired], indices), desirable=desirable)
+        sequences = [s for i in indices for s in graded_sequences(self.units[i])]
+        reference = self._reference(GRADED_NAMES[self.paired], indices)
+        return collate(sequences, paired=self.paired, layout=self.layout, pad_id=self.pad_id,
+                       reference_logps=reference, desirable=desirable)
 
     def mismatched(self, indices: list[int]) -> PreferenceBatch:
         """Each unit's prompt with another prompt's response (the KL estimate of KTO)."""
@@ -238,6 +242,9 @@ def batch_loss_sum(model, batch: PreferenceBatch, kind: DPOLoss, params: DPOPara
         counts["desirable"] = float(batch.desirable.sum().item())
         counts["undesirable"] = counts["units"] - counts["desirable"]
     sums = dict(counts)
+    if batch.desirable is not None:  # the same keys on every process, whatever labels its batch holds
+        sums.update({f"{what}/{label}": 0.0 for what in ("rewards", "logps")
+                     for label in ("desirable", "undesirable")})
     for key, value in metrics.items():
         if key not in ("pairs", "examples", "desirable"):
             sums[key] = value * counts[_count_key(key)]
@@ -279,14 +286,15 @@ def evaluate(model, batches: Batches, cfg: DPOConfig, keep_response_only: bool, 
     # KTO's z0 over the whole split (0 when the split has a single prompt, so no mismatched responses)
     extra, reference_point = {}, torch.tensor(0.0) if cfg.loss is DPOLoss.KTO else None
     if cfg.loss.needs_reference and all(u.mismatched is not None for u in units):
-        policy, reference = policy_and_reference_logps(model, [batches.mismatched(c).to(device) for c in chunks],
-                                          keep_response_only, live_reference)
+        mismatched = [batches.mismatched(c).to(device) for c in chunks]
+        policy, reference = policy_and_reference_logps(model, mismatched, keep_response_only, live_reference)
         extra["kl/estimate"] = (policy - reference).mean().item()
         reference_point = kto_reference_point(policy, reference) if cfg.loss is DPOLoss.KTO else None
     loss_total, sums = 0.0, {}
     for chunk in chunks:
-        loss_sum, batch_sums = batch_loss_sum(model, batches.graded(chunk).to(device), cfg.loss, cfg.loss_params,
-                                              keep_response_only, reference_point, live_reference)
+        loss_sum, batch_sums = batch_loss_sum(model, batches.graded(chunk).to(device), cfg.loss,
+                                              cfg.loss_params, keep_response_only, reference_point,
+                                              live_reference)
         loss_total += loss_sum.item()
         for key, value in batch_sums.items():
             sums[key] = sums.get(key, 0.0) + value
@@ -332,8 +340,9 @@ def _setup(cfg: DPOConfig, resume_dir: str | Path | None) -> _Session:
     # Data first: a bad file fails here, before any run folder exists.
     tokenizer = load_tokenizer(cfg.model.name)
     limits = Limits(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.too_long)
-    train_units, eval_units, stats = load_preference_data(cfg.data.train, cfg.data.eval, cfg.data.eval_fraction,
-                                                          cfg.run.seed, cfg.loss.is_paired, tokenizer, limits)
+    train_units, eval_units, stats = load_preference_data(cfg.data.train, cfg.data.eval,
+                                                          cfg.data.eval_fraction, cfg.run.seed,
+                                                          cfg.loss.is_paired, tokenizer, limits)
     plan = make_batch_plan(cfg.batch, len(train_units), accelerator.num_processes)
     model, tokenizer = load_causal_lm(cfg.model)
     model.train()
@@ -346,10 +355,10 @@ def _setup(cfg: DPOConfig, resume_dir: str | Path | None) -> _Session:
     if cfg.loss.needs_reference and cfg.reference.mode == "precomputed":
         # Before any update (and before a resumed run loads its checkpoint): the model is the reference.
         visited = visited_units(plan, cfg.run.seed, len(train_units), accelerator.num_processes)
-        reference = cached_reference(run.path / REFERENCE_FILE,
-                                     reference_sets(train_units, eval_units, visited, cfg.loss.is_paired),
-                                     cfg.reference.model or cfg.model.name, lambda: _reference_model(cfg, model),
-                                     accelerator, layout=cfg.data.layout, pad_id=tokenizer.pad_token_id,
+        sets = reference_sets(train_units, eval_units, visited, cfg.loss.is_paired)
+        reference = cached_reference(run.path / REFERENCE_FILE, sets, cfg.reference.model or cfg.model.name,
+                                     lambda: _reference_model(cfg, model), accelerator,
+                                     layout=cfg.data.layout, pad_id=tokenizer.pad_token_id,
                                      token_budget=cfg.reference.tokens_per_forward)
     reference_seconds = time.time() - t0
     model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, accelerator)
@@ -358,10 +367,10 @@ def _setup(cfg: DPOConfig, resume_dir: str | Path | None) -> _Session:
     unit = "pairs" if cfg.loss.is_paired else "examples"
     if accelerator.is_main_process:
         print(f"[tuneloop] dpo ({cfg.loss.value}): {len(train_units)} train / {len(eval_units)} eval {unit} "
-              f"({stats.dropped_ties} ties and {stats.dropped_too_long} too long left out), {plan.total_steps} steps "
-              f"of {plan.batch_size} ({plan.accumulation_steps} × {plan.micro_batch_size} × "
-              f"{accelerator.num_processes} processes); reference {cfg.reference.mode} "
-              f"({reference_seconds:.1f} s); run folder {run.path}")
+              f"({stats.dropped_ties} ties and {stats.dropped_too_long} too long left out), "
+              f"{plan.total_steps} steps of {plan.batch_size} ({plan.accumulation_steps} × "
+              f"{plan.micro_batch_size} × {accelerator.num_processes} processes); reference "
+              f"{cfg.reference.mode} ({reference_seconds:.1f} s); run folder {run.path}")
     pad_id = tokenizer.pad_token_id
     return _Session(accelerator, model, tokenizer, optimizer, scheduler, plan, run,
                     Batches(train_units, "train", reference, cfg, pad_id),
@@ -374,8 +383,9 @@ def _setup(cfg: DPOConfig, resume_dir: str | Path | None) -> _Session:
 def _step_reference_point(s: _Session, indices: list[list[int]]) -> tuple[torch.Tensor, float]:
     """KTO's z0 for one optimizer step, over every process's mismatched sequences of the step."""
     device = s.accelerator.device
-    policy, reference = policy_and_reference_logps(s.model, [s.train.mismatched(i).to(device) for i in indices],
-                                      s.keep_response_only, s.live_reference)
+    mismatched = [s.train.mismatched(i).to(device) for i in indices]
+    policy, reference = policy_and_reference_logps(s.model, mismatched, s.keep_response_only,
+                                                   s.live_reference)
     policy, reference = s.accelerator.gather(policy), s.accelerator.gather(reference)
     return kto_reference_point(policy, reference), (policy - reference).mean().item()
 
@@ -405,8 +415,8 @@ def train(cfg: DPOConfig, resume_dir: str | Path | None = None,
 
         # 3. forward/backward, each summed loss divided by the step's global number of pairs (examples)
         def loss_sum_fn(model, batch, z0=reference_point):
-            return batch_loss_sum(model, batch.to(acc.device), cfg.loss, cfg.loss_params, s.keep_response_only,
-                                  z0, s.live_reference)
+            return batch_loss_sum(model, batch.to(acc.device), cfg.loss, cfg.loss_params,
+                                  s.keep_response_only, z0, s.live_reference)
 
         hook = (lambda i, step=step: on_micro_batch(step, i)) if on_micro_batch else None
         totals = accumulate_gradients(s.model, micro, loss_sum_fn, lambda b: b.num_units, acc, hook)
@@ -435,8 +445,8 @@ def train(cfg: DPOConfig, resume_dir: str | Path | None = None,
 
 
 def _evaluate(s: _Session, cfg: DPOConfig) -> dict[str, float]:
-    return evaluate(s.accelerator.unwrap_model(s.model), s.eval, cfg, s.keep_response_only, s.accelerator.device,
-                    s.live_reference)
+    return evaluate(s.accelerator.unwrap_model(s.model), s.eval, cfg, s.keep_response_only,
+                    s.accelerator.device, s.live_reference)
 
 
 CURVE_PANELS = [
@@ -460,9 +470,9 @@ def _finish(cfg: DPOConfig, s: _Session, tracker: Tracker, units_seen: int, unit
             save_model(s.accelerator.unwrap_model(s.model), s.tokenizer, tmp, cfg.model.lora)
         curves = plot_curves(s.run.metrics, s.run.path / "curves.png", CURVE_PANELS,
                              f"{s.run.path.name}: {cfg.loss.value}, {cfg.model.name}")
-        summary = {"stage": "dpo", "loss": cfg.loss.value, "steps": s.plan.total_steps, "units_seen": units_seen,
-                   "units_per_s": units_per_s, "reference": {"mode": cfg.reference.mode,
-                                                             "seconds": s.reference_seconds},
+        summary = {"stage": "dpo", "loss": cfg.loss.value, "steps": s.plan.total_steps,
+                   "units_seen": units_seen, "units_per_s": units_per_s,
+                   "reference": {"mode": cfg.reference.mode, "seconds": s.reference_seconds},
                    "eval": eval_metrics, "data": s.stats.summary(), "model_dir": str(s.run.model),
                    "curves": str(curves) if curves else None}
         s.run.write_summary(summary)
@@ -472,22 +482,32 @@ def _finish(cfg: DPOConfig, s: _Session, tracker: Tracker, units_seen: int, unit
     return summary
 
 
-def dpo_on_judgments(store, model: str, out_dir: str | Path, *, quick: bool = False, steps: int | None = None,
-                     loss: str = "dpo", aggregate: str = "majority") -> DPOResult:
-    """The RL-free path of ``tuneloop demo``: DPO on the labelling store's judgments.
+def dpo_on_pairs(pairs: str | Path, model: str | Path, out_dir: str | Path, *, quick: bool = False,
+                 steps: int | None = None, loss: str = "dpo") -> DPOResult:
+    """The RL-free path of ``tuneloop demo``: DPO (or any ``loss`` of the family) on a pairs file.
 
-    Exports the store's preference pairs exactly as ``tuneloop label export`` does (``<out_dir>/dpo-pairs.jsonl``)
-    and trains ``model`` (e.g. the demo's SFT folder) on them, with LoRA unless ``quick``.
+    ``model``: e.g. the demo's SFT folder; trained with LoRA unless ``quick`` (a tiny model). The run
+    folder is ``<out_dir>/dpo``; 10% of the prompts are held out for the implicit-reward accuracy.
     """
     from tuneloop.config import load_config
+
+    overrides = {"model": {"name": str(model), "lora": {"enabled": not quick, "r": 16, "alpha": 32}},
+                 "data": {"train": str(pairs), "max_length": 192, "max_prompt_length": 128,
+                          "eval_fraction": 0.1},
+                 "loss": loss,
+                 "batch": {"batch_size": 8, "micro_batch_size": 8,
+                           "max_steps": steps or (4 if quick else 40)},
+                 "optim": {"lr": 1e-3 if quick else 5e-4, "warmup_steps": 2},
+                 "run": {"out_dir": str(out_dir), "name": "dpo", "seed": 0}}
+    return train(load_config(DPOConfig, overrides=overrides))
+
+
+def dpo_on_judgments(store, model: str | Path, out_dir: str | Path, *, aggregate: str = "majority",
+                     **kwargs) -> DPOResult:
+    """``dpo_on_pairs`` on a labelling store (a ``Store`` or its database path): its pairs are exported
+    exactly as ``tuneloop label export`` writes them, to ``<out_dir>/dpo-pairs.jsonl``."""
     from tuneloop.feedback.export import export_pairs
 
     pairs = Path(out_dir) / "dpo-pairs.jsonl"
-    count = export_pairs(store, pairs, aggregate=aggregate)
-    batch = min(8, count)
-    overrides = {"model": {"name": model, "lora": {"enabled": not quick, "r": 16, "alpha": 32}},
-                 "data": {"train": str(pairs), "max_length": 192, "max_prompt_length": 128, "eval_fraction": 0.1},
-                 "loss": loss, "batch": {"batch_size": batch, "micro_batch_size": batch, "max_steps": steps or (4 if quick else 40)},
-                 "optim": {"lr": 1e-3 if quick else 5e-5, "warmup_steps": 2},
-                 "run": {"out_dir": str(out_dir), "name": "dpo", "seed": 0}}
-    return train(load_config(DPOConfig, overrides=overrides))
+    export_pairs(store, pairs, aggregate=aggregate)
+    return dpo_on_pairs(pairs, model, out_dir, **kwargs)

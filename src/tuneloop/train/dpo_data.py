@@ -37,7 +37,7 @@ class ScoredSequence:
 
     prompt_ids: list[int]
     response_ids: list[int]
-    response_mask: list[int]  # 1 on response tokens that count, 0 on template separators between assistant turns
+    response_mask: list[int]  # 1 on response tokens that count; 0 on template separators between turns
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
@@ -51,7 +51,7 @@ class ScoredSequence:
 class TokenPair:
     chosen: ScoredSequence
     rejected: ScoredSequence
-    mismatched: ScoredSequence | None  # this prompt + another prompt's chosen response (KL estimate); None: one prompt
+    mismatched: ScoredSequence | None  # prompt + another prompt's chosen reply (KL estimate); None: 1 prompt
     source: str  # "file:line"
 
 
@@ -60,7 +60,7 @@ class TokenExample:
     """One KTO example."""
 
     completion: ScoredSequence
-    mismatched: ScoredSequence | None  # this prompt + another prompt's response (KL reference point); None: one prompt
+    mismatched: ScoredSequence | None  # prompt + another prompt's reply (KL reference point); None: 1 prompt
     desirable: bool
     source: str
 
@@ -76,8 +76,9 @@ class DataStats:
 
     def summary(self) -> dict[str, float]:
         lengths = sorted(self.lengths) or [0]
-        return {"units": self.units, "dropped_ties": self.dropped_ties, "dropped_too_long": self.dropped_too_long,
-                "truncated_prompts": self.truncated_prompts, "truncated_responses": self.truncated_responses,
+        return {"units": self.units, "dropped_ties": self.dropped_ties,
+                "dropped_too_long": self.dropped_too_long, "truncated_prompts": self.truncated_prompts,
+                "truncated_responses": self.truncated_responses,
                 "sequence_tokens_median": lengths[len(lengths) // 2], "sequence_tokens_max": lengths[-1],
                 "sequence_tokens_total": sum(lengths)}
 
@@ -86,7 +87,13 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def tokenize_response(tokenizer, prompt: list[Message], response: list[Message]) -> tuple[list[int], list[int]]:
+def _prompt_ids(tokenizer, prompt: list[Message]) -> list[int]:
+    """What the model sees at generation time (``data.chat.render_prompt``)."""
+    return _encode(tokenizer, render_text(tokenizer, prompt, add_generation_prompt=True))
+
+
+def tokenize_response(tokenizer, prompt: list[Message], response: list[Message]
+                      ) -> tuple[list[int], list[int]]:
     """(response ids, response mask) of ``response`` following ``render_prompt(tokenizer, prompt)``.
 
     The first assistant turn starts right after the generation prompt; a later one is preceded by the
@@ -101,12 +108,14 @@ def tokenize_response(tokenizer, prompt: list[Message], response: list[Message])
         conversation.append(message)
         through = render_text(tokenizer, conversation, add_generation_prompt=False)
         if not before.startswith(done) or not through.startswith(before):
-            raise TemplateError("the chat template is not prefix-stable (rendering a later turn changes an earlier "
-                                "one), so response tokens cannot be located from the message structure")
+            raise TemplateError("the chat template is not prefix-stable (rendering a later turn changes an "
+                                "earlier one), so response tokens cannot be located from the message "
+                                "structure")
         end = len(through.rstrip())
         if end <= len(before):
             raise TemplateError(f"the chat template rendered response turn {i} as empty text")
-        separator, answer = _encode(tokenizer, before[len(done):]), _encode(tokenizer, through[len(before):end])
+        separator = _encode(tokenizer, before[len(done):])
+        answer = _encode(tokenizer, through[len(before):end])
         ids += separator + answer
         mask += [0] * len(separator) + [1] * len(answer)
         done = through[:end]
@@ -151,8 +160,8 @@ def _mismatched_partner(groups: Sequence[str], i: int) -> int | None:
     return None
 
 
-def _mismatched(prompts: list[list[int]], responses: list[tuple[list[int], list[int]]], groups: list[str], i: int,
-                limits: Limits) -> ScoredSequence | None:
+def _mismatched(prompts: list[list[int]], responses: list[tuple[list[int], list[int]]], groups: list[str],
+                i: int, limits: Limits) -> ScoredSequence | None:
     """Prompt ``i`` followed by the response of the next unit with another prompt (None: no such unit)."""
     j = _mismatched_partner(groups, i)
     fitted = _fit(prompts[i], [responses[j]], limits, DataStats()) if j is not None else None
@@ -163,29 +172,31 @@ def tokenize_pairs(pairs, tokenizer, limits: Limits, stats: DataStats) -> list[T
     strict = [pair for pair in pairs if not pair.tie]  # a tie names no better reply: no direction to learn
     stats.dropped_ties += len(pairs) - len(strict)
     pairs = strict
-    prompts = [_encode(tokenizer, render_text(tokenizer, p.prompt, add_generation_prompt=True)) for p in pairs]
+    prompts = [_prompt_ids(tokenizer, p.prompt) for p in pairs]
     chosen = [tokenize_response(tokenizer, p.prompt, p.chosen) for p in pairs]
     groups = [p.group for p in pairs]
     out = []
     for i, pair in enumerate(pairs):
-        fitted = _fit(prompts[i], [chosen[i], tokenize_response(tokenizer, pair.prompt, pair.rejected)], limits, stats)
+        rejected = tokenize_response(tokenizer, pair.prompt, pair.rejected)
+        fitted = _fit(prompts[i], [chosen[i], rejected], limits, stats)
         if fitted is not None:
-            out.append(TokenPair(fitted[0], fitted[1], _mismatched(prompts, chosen, groups, i, limits), pair.source))
+            mismatched = _mismatched(prompts, chosen, groups, i, limits)
+            out.append(TokenPair(fitted[0], fitted[1], mismatched, pair.source))
             stats.lengths += [len(fitted[0]), len(fitted[1])]
     stats.units += len(out)
     return out
 
 
 def tokenize_examples(examples, tokenizer, limits: Limits, stats: DataStats) -> list[TokenExample]:
-    prompts = [_encode(tokenizer, render_text(tokenizer, e.prompt, add_generation_prompt=True)) for e in examples]
+    prompts = [_prompt_ids(tokenizer, e.prompt) for e in examples]
     responses = [tokenize_response(tokenizer, e.prompt, e.completion) for e in examples]
     groups = [e.group for e in examples]
     out = []
     for i, example in enumerate(examples):
         fitted = _fit(prompts[i], [responses[i]], limits, stats)
         if fitted is not None:
-            out.append(TokenExample(fitted[0], _mismatched(prompts, responses, groups, i, limits), example.desirable,
-                                    example.source))
+            mismatched = _mismatched(prompts, responses, groups, i, limits)
+            out.append(TokenExample(fitted[0], mismatched, example.desirable, example.source))
             stats.lengths.append(len(fitted[0]))
     stats.units += len(out)
     return out
@@ -203,7 +214,8 @@ def load_preference_data(train: str, eval_path: str | None, eval_fraction: float
     if eval_path:
         train_items, eval_items = items, read(load_records(eval_path))
     else:
-        train_items, eval_items = split_by_prompt(items, eval_fraction, seed) if eval_fraction else (items, [])
+        train_items, eval_items = (split_by_prompt(items, eval_fraction, seed) if eval_fraction
+                                   else (items, []))
     tokenize = tokenize_pairs if paired else tokenize_examples
     stats = DataStats()
     train_units = tokenize(train_items, tokenizer, limits, stats)
@@ -212,12 +224,12 @@ def load_preference_data(train: str, eval_path: str | None, eval_fraction: float
         raise ValueError(f"{train}: no usable training {'pairs' if paired else 'examples'} "
                          f"(ties dropped: {stats.dropped_ties}, too long: {stats.dropped_too_long})")
     if not paired and any(u.mismatched is None for u in train_units):
-        raise ValueError(f"{train}: KTO needs examples of at least two different prompts (its KL reference point "
-                         "pairs each prompt with another prompt's response)")
+        raise ValueError(f"{train}: KTO needs examples of at least two different prompts (its KL reference "
+                         "point pairs each prompt with another prompt's response)")
     return train_units, eval_units, stats
 
 
-GRADED_NAMES = {True: ("chosen", "rejected"), False: ("completion",)}  # paired → the unit's graded sequences
+GRADED_NAMES = {True: ("chosen", "rejected"), False: ("completion",)}  # paired → a unit's graded sequences
 
 
 def graded_sequences(unit: TokenPair | TokenExample) -> list[ScoredSequence]:
@@ -283,7 +295,8 @@ def _pack_rows(trees: list[tuple[list[int], list[int]]], sequences: Sequence[Sco
 
 
 def collate(sequences: Sequence[ScoredSequence], *, paired: bool, layout: Layout, pad_id: int,
-            reference_logps: torch.Tensor | None = None, desirable: torch.Tensor | None = None) -> PreferenceBatch:
+            reference_logps: torch.Tensor | None = None, desirable: torch.Tensor | None = None
+            ) -> PreferenceBatch:
     """One micro-batch in ``layout`` (see ``PreferenceBatch``)."""
     scores = _Scores()
     if layout == "padded":

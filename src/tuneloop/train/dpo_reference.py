@@ -46,14 +46,15 @@ def sequence_logps(model, batch: PreferenceBatch, keep_response_only: bool) -> t
     columns = torch.unique(batch.score_cols)  # (M,) sorted: every column some counted token is predicted at
     kwargs = {"logits_to_keep": columns} if keep_response_only else {}
     mask = batch.attention_mask
-    if mask is not None and mask.dim() == 4 and model.config._attn_implementation != "sdpa":
+    inner = getattr(model, "module", model)  # under DistributedDataParallel
+    if mask is not None and mask.dim() == 4 and inner.config._attn_implementation != "sdpa":
         # eager attention adds the mask to the scores: a float mask, 0 where allowed
-        mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(~mask,
-                                                                                          torch.finfo(model.dtype).min)
+        blocked = torch.finfo(inner.dtype).min
+        mask = torch.zeros(mask.shape, dtype=inner.dtype, device=mask.device).masked_fill(~mask, blocked)
     # use_cache=False: transformers builds the per-document (block-diagonal) mask from restarting
     # position ids only when no KV cache is passed.
-    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, use_cache=False,
-                **kwargs)
+    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
+                use_cache=False, **kwargs)
     logits = out.logits if keep_response_only else out.logits[:, columns]  # (B, M, V)
     where = torch.searchsorted(columns, batch.score_cols)  # (N,) each token's column among the kept ones
     values = token_logps(logits[batch.score_rows, where], batch.score_targets)  # (N,)
@@ -108,11 +109,13 @@ def data_digest(sets: Sequence[ReferenceSet], reference_name: str) -> str:
     for ref_set in sets:
         digest.update(json.dumps(ref_set.keys).encode())
         for unit in ref_set.units:
-            digest.update(json.dumps([[s.prompt_ids, s.response_ids, s.response_mask] for s in unit]).encode())
+            tokens = [[s.prompt_ids, s.response_ids, s.response_mask] for s in unit]
+            digest.update(json.dumps(tokens).encode())
     return digest.hexdigest()
 
 
-def load_reference_cache(path: Path, digest: str, sets: Sequence[ReferenceSet]) -> dict[str, torch.Tensor] | None:
+def load_reference_cache(path: Path, digest: str, sets: Sequence[ReferenceSet]
+                         ) -> dict[str, torch.Tensor] | None:
     """The cached values, or None when there is no usable cache; a cache for other data is an error."""
     if not path.is_file():
         return None
@@ -124,12 +127,14 @@ def load_reference_cache(path: Path, digest: str, sets: Sequence[ReferenceSet]) 
     values = load_file(path)
     for ref_set in sets:
         for key in ref_set.keys:
-            if ref_set.needed and (key not in values or not torch.isfinite(values[key][ref_set.needed]).all()):
+            missing = key not in values or not torch.isfinite(values[key][ref_set.needed]).all()
+            if ref_set.needed and missing:
                 return None  # computed for fewer steps than this run needs: recompute
     return values
 
 
-def save_reference_cache(path: Path, values: dict[str, torch.Tensor], digest: str, info: dict[str, str]) -> None:
+def save_reference_cache(path: Path, values: dict[str, torch.Tensor], digest: str,
+                         info: dict[str, str]) -> None:
     """One file, written under a temporary name and renamed: complete with its digest, or absent."""
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"digest": digest, **info})
@@ -142,10 +147,12 @@ def compute_reference(model, sets: Sequence[ReferenceSet], *, layout: Layout, pa
     from tqdm import tqdm
 
     values = {}
-    with tqdm(total=sum(len(r.needed) for r in sets), desc="reference log-probs", unit="unit", disable=None) as bar:
+    total = sum(len(r.needed) for r in sets)
+    with tqdm(total=total, desc="reference log-probs", unit="unit", disable=None) as bar:
         for ref_set in sets:
-            scored = score_units(model, [ref_set.units[i] for i in ref_set.needed], layout=layout, pad_id=pad_id,
-                                 token_budget=token_budget, device=device, progress=bar.update)
+            units = [ref_set.units[i] for i in ref_set.needed]
+            scored = score_units(model, units, layout=layout, pad_id=pad_id, token_budget=token_budget,
+                                 device=device, progress=bar.update)
             for k, key in enumerate(ref_set.keys):
                 full = torch.full((len(ref_set.units),), math.nan, dtype=torch.float32)
                 full[ref_set.needed] = scored[:, k]
@@ -165,12 +172,14 @@ def visited_units(plan: BatchPlan, seed: int, num_units: int, world_size: int) -
     return sorted(seen)
 
 
-def reference_sets(train_units: list, eval_units: list, visited: list[int], paired: bool) -> list[ReferenceSet]:
+def reference_sets(train_units: list, eval_units: list, visited: list[int], paired: bool
+                   ) -> list[ReferenceSet]:
     """The graded sequences of both splits (a pair's chosen and rejected scored together, sharing the
     prompt); the mismatched ones for KTO's z0 in training and for the KL estimate in evaluation (when
     every unit has one)."""
     sets = []
-    for split, units, needed in (("train", train_units, visited), ("eval", eval_units, list(range(len(eval_units))))):
+    every_eval_unit = list(range(len(eval_units)))
+    for split, units, needed in (("train", train_units, visited), ("eval", eval_units, every_eval_unit)):
         if not units:
             continue
         names = GRADED_NAMES[paired]
