@@ -67,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--skip", choices=["none", "tuneloop", "trl", "speed"], default="none")
+    p.add_argument("--trl-first", action="store_true", help="time TRL before tuneloop (check for order bias)")
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -269,16 +270,16 @@ def main(argv=None) -> int:
           flush=True)
     if args.skip != "speed":
         with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
-            if args.skip != "tuneloop":
-                results["tuneloop"] = run_tuneloop(args, Path(tmp))
-                ours = results["tuneloop"]
-                print(f"tuneloop: {ours['pairs_per_s']:.3f} pairs/s in steps, "
-                      f"{ours['pairs_per_s_with_reference']:.3f} with the reference precomputation, "
-                      f"cpu/wall {ours['cpu_per_wall']:.2f}", flush=True)
-            if args.skip != "trl":
-                results["trl"] = run_trl(args, dataset)
-                print(f"TRL: {results['trl']['pairs_per_s']:.3f} pairs/s (reference inside each step), "
-                      f"cpu/wall {results['trl']['cpu_per_wall']:.2f}", flush=True)
+            for tool in (("trl", "tuneloop") if args.trl_first else ("tuneloop", "trl")):
+                if args.skip == tool:
+                    continue
+                r = results[tool] = run_tuneloop(args, Path(tmp)) if tool == "tuneloop" else \
+                    run_trl(args, dataset)
+                with_reference = (f", {r['pairs_per_s_with_reference']:.3f} with the reference precomputation"
+                                  if tool == "tuneloop" else " (reference forward inside each step)")
+                print(f"{tool}: {r['pairs_per_s']:.3f} pairs/s in steps{with_reference}, "
+                      f"{r['cpu_s_per_pair']:.2f} CPU s per pair, cpu/wall {r['cpu_per_wall']:.2f}",
+                      flush=True)
     if "tuneloop" in results and "trl" in results:
         ours, theirs = results["tuneloop"], results["trl"]
         results["ratio"] = ours["pairs_per_s_with_reference"] / theirs["pairs_per_s"]
