@@ -59,3 +59,26 @@ def test_packed_loss_equals_unpacked_loss(tiny_model, tiny_tokenizer):
                        for b in (collate_padding_free([d]) for d in docs))
     torch.testing.assert_close(packed_loss, separate, atol=1e-5, rtol=0)
     torch.testing.assert_close(padded_loss, separate, atol=1e-5, rtol=0)
+
+
+def test_document_attention_matches_block_diagonal_mask(tiny_name, tiny_tokenizer):
+    """The per-document kernel (one causal SDPA call per document) gives the loss and the gradients of
+    plain SDPA with transformers' block-diagonal mask, and of each document run alone."""
+    from tuneloop.models import ModelConfig, load_causal_lm
+    from tuneloop.models.attention import uses_document_attention
+    from tuneloop.train.sft import batch_loss_sum
+
+    docs = _docs(tiny_tokenizer)
+    packed = collate_padding_free(docs)
+    results = {}
+    for kernel in ("sdpa_documents", "sdpa"):
+        model, _ = load_causal_lm(ModelConfig(name=tiny_name, attn_implementation=kernel))
+        assert uses_document_attention(model) == (kernel == "sdpa_documents")
+        loss, _ = batch_loss_sum(model, packed, keep_trained_only=True)
+        loss.backward()
+        results[kernel] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    separate = sum(batch_loss_sum(model, collate_padding_free([d]), keep_trained_only=False)[0].detach() for d in docs)
+    torch.testing.assert_close(results["sdpa_documents"][0], separate, atol=1e-5, rtol=0)
+    torch.testing.assert_close(results["sdpa_documents"][0], results["sdpa"][0], atol=1e-5, rtol=0)
+    for ours, plain in zip(results["sdpa_documents"][1], results["sdpa"][1]):
+        torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-4)

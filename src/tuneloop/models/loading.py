@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from tuneloop.models.attention import DOCUMENT_ATTENTION, register_document_attention
 from tuneloop.models.bundled import BUNDLED_POLICY, bundled_policy_path
 from tuneloop.models.bundled_encoder import BUNDLED_ENCODER, bundled_encoder_path
 from tuneloop.models.tiny import TINY_PREFIX, tiny_model_path
@@ -47,8 +48,8 @@ class ModelConfig:
     """LoRA adapters (peft)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (slower)."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers ('sdpa', 'eager', 'flash_attention_2')."""
+    attn_implementation: str = "sdpa_documents"
+    """Attention kernel: 'sdpa_documents' (SDPA per document on padding-free rows, else plain SDPA), 'sdpa', 'eager', 'flash_attention_2'."""
 
 
 def resolve_model_name(name: str) -> str:
@@ -78,7 +79,10 @@ def load_causal_lm(cfg: ModelConfig, trainable: bool = True):
 
     source = resolve_model_name(cfg.name)
     tokenizer = load_tokenizer(cfg.name)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    attention = cfg.attn_implementation
+    if attention == DOCUMENT_ATTENTION:
+        register_document_attention()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing and trainable:

@@ -10,6 +10,7 @@ import torch
 
 from tuneloop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tuneloop.runs import RunConfig, RunDir, new_run_dir
+from tuneloop.runtime import keep_freed_memory
 from tuneloop.train.optim import OptimConfig, build_optimizer, build_scheduler
 
 
@@ -18,6 +19,7 @@ def start_accelerator(seed: int):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    keep_freed_memory()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(seed)
     return accelerator

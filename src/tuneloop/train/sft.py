@@ -32,6 +32,7 @@ from tuneloop.data.packing import collate_padded, collate_padding_free, pack_bes
 from tuneloop.data.sft import TokenStats, tokenize_sft
 from tuneloop.losses.sft import masked_nll_sum
 from tuneloop.models import ModelConfig, load_causal_lm
+from tuneloop.models.attention import document_bounds, uses_document_attention
 from tuneloop.models.loading import load_tokenizer, save_model
 from tuneloop.runs import RunConfig, RunDir
 from tuneloop.tracking import Tracker
@@ -143,6 +144,8 @@ def batch_loss_sum(model, batch: SFTBatch, keep_trained_only: bool) -> tuple[tor
         targets, mask = targets[:, keep], mask[:, keep]
     # use_cache=False matters: transformers only builds the per-document (block-diagonal) mask from
     # restarting position ids when no KV cache is passed.
+    if batch.attention_mask is None and uses_document_attention(model):
+        kwargs["document_bounds"] = document_bounds(batch.position_ids)  # one causal SDPA call per document
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
                 use_cache=False, **kwargs)
     loss_sum, metrics = masked_nll_sum(out.logits, targets, mask)
