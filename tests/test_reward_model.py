@@ -152,8 +152,10 @@ def test_saved_folder_loads_in_transformers_and_scores_the_same(tiny_name, tmp_p
     rows = _rows(Renderer(tok, "causal_lm", 128))
     with torch.no_grad():
         before = score_encoded(model, rows)
-    save_reward_model(model, tok, tmp_path, RewardModelInfo("causal_lm", "chat-template", 128, tiny_name))
+    save_reward_model(model, tok, tmp_path, RewardModelInfo("causal_lm", "chat-template", 128, tiny_name),
+                      keep_adapter=True)
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path).config.num_labels == 1
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() == lora  # lora.save 'both' 
     loaded, tok2, info = load_reward_model(tmp_path)
     assert info.kind == "causal_lm" and info.max_length == 128
     with torch.no_grad():

@@ -140,6 +140,9 @@ def test_bad_reference_file_fails_before_the_run(pairs_file, tmp_path, capsys, t
     assert not (tmp_path / "runs").exists()
     assert main(["reward", "--model.name", tiny_bert, "--run.out_dir", str(tmp_path / "runs")]) == 2
     assert "'data.train' is required" in capsys.readouterr().err
+    assert main(["reward", "--model.name", tiny_bert, "--data.train", pairs_file, "--model.lora.enabled", "true",
+                 "--model.lora.save", "adapter", "--run.out_dir", str(tmp_path / "runs")]) == 2
+    assert "'model.lora.save'" in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
 def test_normalisation_gives_mean_0_std_1_on_the_reference_set(pairs_file, tmp_path, tiny_bert):

@@ -8,6 +8,9 @@ positive it is (the sentiment task of Ziegler et al. 2019, on an instruction-tun
   3. a simulated rater panel (VADER sentiment + noise, ~75% agreement between raters) judges them
      through the labelling app's store, and the judgments are exported as preference pairs
   4. a reward model (the bundled MiniLM) trained on those pairs, with its held-out accuracy
+  5. with ``--dpo``, the RL-free alternative: DPO (LoRA) of the SFT policy on the same pairs, its
+     held-out implicit-reward accuracy, then fresh reviews of unseen movies from both policies scored
+     by the panel's own criterion (VADER sentiment) and by the reward model
 Later stages (PPO against the reward model, evaluation report) join as they land.
 ``--quick`` runs the same stages on a tiny random policy in about a minute (for CI).
 """
@@ -35,10 +38,11 @@ class DemoSize:
     candidates: int
     max_new_tokens: int
     reward_epochs: int
+    dpo_steps: int
 
 
-FULL = DemoSize("smollm2-135m-instruct", True, 30, 2e-4, 48, 4, 40, 4)
-QUICK = DemoSize("tiny-llama", False, 8, 1e-3, 12, 4, 16, 2)
+FULL = DemoSize("smollm2-135m-instruct", True, 30, 2e-4, 48, 4, 40, 4, 40)
+QUICK = DemoSize("tiny-llama", False, 8, 1e-3, 12, 4, 16, 2, 4)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -101,7 +105,39 @@ def stage_reward(root: Path, size: DemoSize, pairs: Path):
     return train(load_config(RewardConfig, overrides=overrides))
 
 
-def run_demo(quick: bool, out_dir: str) -> dict:
+def stage_dpo(root: Path, size: DemoSize, sft_dir: Path, pairs: Path):
+    from tuneloop.train.dpo import dpo_on_pairs
+
+    print(f"\n== 5. DPO, the RL-free alternative: the SFT policy{' + LoRA' if size.lora else ''} trained straight on "
+          f"the same pairs, {size.dpo_steps} steps (reference: the SFT policy)")
+    return dpo_on_pairs(pairs, sft_dir, root, quick=not size.lora, steps=size.dpo_steps)
+
+
+def stage_compare(root: Path, size: DemoSize, policies: dict[str, Path], prompts: list[str],
+                  reward_dir: Path) -> dict:
+    """One fresh review per unseen movie from each policy (same seed), scored by VADER and the RM."""
+    from tuneloop.generation import SamplingConfig
+    from tuneloop.rewards import load_reward
+    from tuneloop.rewards.gold import vader_sentiment
+    from tuneloop.sample import sample_candidates
+
+    print(f"\n== 6. Compare: one review for each of {len(prompts)} movies no stage has seen, from each policy")
+    prompt_file = _write_jsonl(root / "compare-prompts.jsonl", [{"prompt": p} for p in prompts])
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=size.max_new_tokens, batch_size=16)
+    reward = load_reward(str(reward_dir))
+    results = {}
+    for name, model_dir in policies.items():
+        records = sample_candidates(str(model_dir), str(prompt_file), root / f"compare-{name}.jsonl", 1, sampling,
+                                    seed=1)
+        texts = [r["completions"][0] for r in records]
+        sentiment = sum(vader_sentiment(t) for t in texts) / len(texts)
+        rm = reward.score([r["prompt"] for r in records], texts).mean().item()
+        results[name] = {"vader_sentiment": sentiment, "reward_model": rm, "example": texts[0]}
+        print(f"   {name:>4}: mean VADER sentiment {sentiment:+.3f}, mean reward-model score {rm:+.3f}")
+    return results
+
+
+def run_demo(quick: bool, out_dir: str, dpo: bool = False) -> dict:
     from tuneloop.data.bundled import review_prompts
 
     size = QUICK if quick else FULL
@@ -113,14 +149,24 @@ def run_demo(quick: bool, out_dir: str) -> dict:
     candidates = stage_sample(root, size, sft.model_dir, held_out[:size.prompts])
     pairs, labels = stage_label(root)
     reward = stage_reward(root, size, pairs)
-
-    summary = {"policy": size.policy, "seconds": round(time.time() - started, 1), "sft": sft.summary,
-               "candidates": str(root / "candidates.jsonl"), "labels": labels, "reward": reward.summary}
+    summary = {"policy": size.policy, "sft": sft.summary, "candidates": str(root / "candidates.jsonl"),
+               "labels": labels, "reward": reward.summary}
+    if dpo:
+        result = stage_dpo(root, size, sft.model_dir, pairs)
+        unseen = held_out[size.prompts:]
+        summary["dpo"] = result.summary
+        summary["compare"] = stage_compare(root, size, {"sft": sft.model_dir, "dpo": result.model_dir}, unseen,
+                                           reward.model_dir)
+    summary["seconds"] = round(time.time() - started, 1)
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     accuracy = reward.summary.get("eval", {}).get("accuracy")
     print(f"\n== done in {summary['seconds']:.0f}s: {root}\n"
           f"   SFT eval loss {sft.summary['eval'].get('loss', float('nan')):.3f}; policy in {sft.model_dir}\n"
           f"   reward model held-out accuracy: {accuracy:.1%}" if accuracy is not None else "")
+    if dpo:
+        dpo_accuracy = summary["dpo"].get("eval", {}).get("rewards/accuracy")
+        if dpo_accuracy is not None:
+            print(f"   DPO held-out implicit-reward accuracy: {dpo_accuracy:.1%}; policy in {summary['dpo']['model_dir']}")
     print(f"   first held-out movie: {candidates[0]['prompt'][:110]}…")
     for k, text in enumerate(candidates[0]["completions"]):
         print(f"   candidate {k + 1}: {text[:150]}")
@@ -133,4 +179,6 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the loop on the bundled model and data")
     p.add_argument("--quick", action="store_true", help="a tiny policy, about a minute (for CI)")
     p.add_argument("--out-dir", default="runs")
-    p.set_defaults(handler=lambda a, _: run_demo(a.quick, a.out_dir) and 0)
+    p.add_argument("--dpo", action="store_true",
+                   help="also run DPO on the judgments (the RL-free alternative) and compare it with the SFT policy")
+    p.set_defaults(handler=lambda a, _: run_demo(a.quick, a.out_dir, a.dpo) and 0)

@@ -365,9 +365,13 @@ def _apply_lora(hf, cfg: LoraConfig):
     return get_peft_model(hf, peft_cfg)
 
 
-def save_reward_model(model: RewardModel, tokenizer, folder: Path, info: RewardModelInfo) -> None:
-    """Write a transformers sequence-classification folder (LoRA merged) + tokenizer + tuneloop_reward.json."""
+def save_reward_model(model: RewardModel, tokenizer, folder: Path, info: RewardModelInfo,
+                      keep_adapter: bool = False) -> None:
+    """Write a transformers sequence-classification folder (LoRA merged) + tokenizer + tuneloop_reward.json;
+    with ``keep_adapter`` a LoRA model's adapter (and trained head) also goes to ``adapter/``."""
     hf = model.hf
+    if keep_adapter and hasattr(hf, "peft_config"):
+        hf.save_pretrained(folder / "adapter")
     plain = copy.deepcopy(hf).merge_and_unload() if hasattr(hf, "peft_config") else hf
     plain.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -185,6 +185,9 @@ def prepare_data(cfg: RewardConfig, tokenizer) -> _Data:
     d = cfg.data
     if not d.train:
         raise ConfigError("config key 'data.train' is required: a file of preference pairs or rankings")
+    if cfg.model.lora.enabled and cfg.model.lora.save == "adapter":
+        raise ConfigError("config key 'model.lora.save': a reward model folder always holds the merged weights "
+                          "(every scorer loads it as is); use 'both' to keep the adapter too, in adapter/")
     kind = cfg.model.kind if cfg.model.kind != "auto" else detect_kind(AutoConfig.from_pretrained(resolve_model_name(cfg.model.name)))
     renderer = Renderer(tokenizer, kind, d.max_length)
     units = load_comparisons(d.train, renderer)
@@ -383,7 +386,7 @@ def _finish(cfg: RewardConfig, s: _Session, tracker: Tracker, units_seen: int, u
                                backbone=cfg.model.name, gain=gain, bias=bias, normalisation={"source": source, **stats},
                                eval_accuracy=report.get("accuracy"), eval_pairs=int(report.get("pairs", 0)))
         with atomic_dir(s.run.model, replace=True) as tmp:
-            save_reward_model(model, s.tokenizer, tmp, info)
+            save_reward_model(model, s.tokenizer, tmp, info, keep_adapter=cfg.model.lora.save == "both")
         summary = {"stage": "reward", "steps": s.plan.total_steps, "units_seen": units_seen,
                    "units_per_s": units_per_s, "train_seconds": seconds, "kind": s.data.kind,
                    "eval": {k: v for k, v in report.items() if not isinstance(v, (dict, list))},
