@@ -163,6 +163,13 @@ def test_saved_folder_loads_in_transformers_and_scores_the_same(tiny_name, tmp_p
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
+def test_reward_models_use_plain_sdpa_by_default(tiny_bert):
+    """The policy default 'sdpa_documents' is a kernel registered by tuneloop for causal LMs; an encoder
+    must not depend on whether some earlier code in the process registered it."""
+    model, _ = build_reward_model(RewardModelConfig(name=tiny_bert))
+    assert model.hf.config._attn_implementation == "sdpa"
+
+
 def test_trainable_layers_freezes_the_bottom(tiny_bert):
     model, _ = build_reward_model(RewardModelConfig(name=tiny_bert, trainable_layers=1))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

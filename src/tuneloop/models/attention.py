@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 DOCUMENT_ATTENTION = "sdpa_documents"
+SDPA_KERNELS = ("sdpa", DOCUMENT_ATTENTION)  # take boolean masks (True = may attend) as they are
 
 
 def sdpa_per_document(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
@@ -51,3 +52,8 @@ def uses_document_attention(model) -> bool:
     """True when the model (or the model inside a peft / DDP wrapper) runs the per-document kernel."""
     config = getattr(getattr(model, "module", model), "config", None)
     return getattr(config, "_attn_implementation", None) == DOCUMENT_ATTENTION
+
+
+def plain_kernel(name: str) -> str:
+    """The kernel for models that never see padding-free rows (reward scorers): 'sdpa_documents' is 'sdpa'."""
+    return "sdpa" if name == DOCUMENT_ATTENTION else name

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from tuneloop.batches import PreferenceBatch
 from tuneloop.losses.sequence_logps import sum_by_sequence, token_logps
+from tuneloop.models.attention import SDPA_KERNELS
 from tuneloop.train.batch_plan import BatchPlan, step_micro_batches
 from tuneloop.train.dpo_data import GRADED_NAMES, Layout, ScoredSequence, collate
 
@@ -47,7 +48,7 @@ def sequence_logps(model, batch: PreferenceBatch, keep_response_only: bool) -> t
     kwargs = {"logits_to_keep": columns} if keep_response_only else {}
     mask = batch.attention_mask
     inner = getattr(model, "module", model)  # under DistributedDataParallel
-    if mask is not None and mask.dim() == 4 and inner.config._attn_implementation != "sdpa":
+    if mask is not None and mask.dim() == 4 and inner.config._attn_implementation not in SDPA_KERNELS:
         # eager attention adds the mask to the scores: a float mask, 0 where allowed
         blocked = torch.finfo(inner.dtype).min
         mask = torch.zeros(mask.shape, dtype=inner.dtype, device=mask.device).masked_fill(~mask, blocked)
