@@ -350,6 +350,12 @@ def _setup(cfg: DPOConfig, resume_dir: str | Path | None) -> _Session:
     run = open_run_dir(cfg.run, "dpo", accelerator, resume_dir)
     if accelerator.is_main_process:
         run.write_config(cfg)
+        unit = "pairs" if cfg.loss.is_paired else "examples"
+        print(f"[tuneloop] dpo ({cfg.loss.value}): {len(train_units)} train / {len(eval_units)} eval {unit} "
+              f"({stats.dropped_ties} ties and {stats.dropped_too_long} too long left out), "
+              f"{plan.total_steps} steps of {plan.batch_size} ({plan.accumulation_steps} × "
+              f"{plan.micro_batch_size} × {accelerator.num_processes} processes); reference "
+              f"{cfg.reference.mode}; run folder {run.path}", flush=True)
     t0 = time.time()
     reference = None
     if cfg.loss.needs_reference and cfg.reference.mode == "precomputed":
@@ -364,13 +370,8 @@ def _setup(cfg: DPOConfig, resume_dir: str | Path | None) -> _Session:
     model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, accelerator)
     state = resume_if_any(run, model, optimizer, scheduler, accelerator) if resume_dir is not None else None
     live = live_reference(model, accelerator, keep) if cfg.reference.mode == "lora_base" else None
-    unit = "pairs" if cfg.loss.is_paired else "examples"
-    if accelerator.is_main_process:
-        print(f"[tuneloop] dpo ({cfg.loss.value}): {len(train_units)} train / {len(eval_units)} eval {unit} "
-              f"({stats.dropped_ties} ties and {stats.dropped_too_long} too long left out), "
-              f"{plan.total_steps} steps of {plan.batch_size} ({plan.accumulation_steps} × "
-              f"{plan.micro_batch_size} × {accelerator.num_processes} processes); reference "
-              f"{cfg.reference.mode} ({reference_seconds:.1f} s); run folder {run.path}")
+    if accelerator.is_main_process and reference is not None:
+        print(f"[tuneloop] dpo: reference log-probs ready ({reference_seconds:.1f} s)", flush=True)
     pad_id = tokenizer.pad_token_id
     return _Session(accelerator, model, tokenizer, optimizer, scheduler, plan, run,
                     Batches(train_units, "train", reference, cfg, pad_id),

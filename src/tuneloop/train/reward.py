@@ -112,6 +112,8 @@ class RewardModelConfig(ModelConfig):
     """Reward-model kind; 'auto' picks 'encoder' for BERT-like backbones, else 'causal_lm' (scalar head on the last token)."""
     trainable_layers: int | None = None
     """Train only the top N transformer blocks and the head (null: all); the backward pass stops at the lowest trained block."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel passed to transformers ('sdpa', 'eager', 'flash_attention_2')."""
 
 
 @dataclass
