@@ -21,9 +21,26 @@ def read_metrics(path: Path) -> dict[str, dict[int, dict]]:
     return out
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def smoothing_window(points: int) -> int:
+    """1 (no smoothing) for short runs; about a fifteenth of the run, at least 5 steps, for long ones."""
+    return 1 if points < 30 else max(5, points // 15)
+
+
 def plot_curves(metrics_path: Path, out_path: Path, panels: list[tuple[str, list[str]]],
                 title: str) -> Path | None:
-    """One subplot per (panel title, metric keys): train as lines, eval as markers (None: nothing to plot)."""
+    """One subplot per (panel title, metric keys): train as lines (long runs: faint per-step values under
+    their trailing mean), eval as markers (None: nothing to plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,8 +60,16 @@ def plot_curves(metrics_path: Path, out_path: Path, panels: list[tuple[str, list
                 style = {**style, "color": f"C{k}"}
                 points = sorted((s, r[key]) for s, r in history.get(split, {}).items()
                                 if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]))
-                if points:
-                    ax.plot(*zip(*points), label=f"{split} {key}", **style)
+                if not points:
+                    continue
+                steps, values = zip(*points)
+                window = smoothing_window(len(points)) if split == "train" else 1
+                if window == 1:
+                    ax.plot(steps, values, label=f"{split} {key}", **style)
+                else:  # noisy per-step values faint, their trailing mean on top
+                    ax.plot(steps, values, alpha=0.25, **style)
+                    ax.plot(steps, trailing_mean(list(values), window), label=f"{split} {key} (mean of {window})",
+                            **style)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
