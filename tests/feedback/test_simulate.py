@@ -22,6 +22,21 @@ def test_default_panel_agrees_like_instructgpt_labellers(tmp_path):
     assert Store.open(tmp_path / "labels.db").check_integrity() == []
 
 
+def test_store_opened_from_a_path_is_closed_again(tmp_path):
+    """simulate, import and export open a store from a path and close it: the SQLite file is whole on its
+    own (no -wal left beside it), so copying labels.db alone copies every judgment."""
+    from tuneloop.feedback import export_pairs
+
+    src = write_candidates(tmp_path / "c.jsonl", 4, k=3)
+    db = tmp_path / "labels.db"
+    result = simulate(db, src, num_annotators=3, overlap=2, seed=0)
+    assert not (tmp_path / "labels.db-wal").exists()
+    assert export_pairs(db, tmp_path / "pairs.jsonl") > 0 and not (tmp_path / "labels.db-wal").exists()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    assert Store.open(copy, create=False).counts()["judgments"] == result.judgments
+
+
 def test_scorer_is_pluggable_and_noise_can_be_fixed(tmp_path):
     """A scorer that prefers longer texts and no noise: every annotator agrees on every pair."""
     src = write_candidates(tmp_path / "c.jsonl", 6, k=3)

@@ -41,7 +41,7 @@ from tuneloop.feedback.aggregate import (
 )
 from tuneloop.feedback.answers import STRENGTHS, pair_label
 from tuneloop.feedback.quality import agreement_summary, load, pair_units, ranking_summary
-from tuneloop.feedback.store import Store
+from tuneloop.feedback.store import Store, opened
 
 PAIR_AGGREGATES = ("none", "majority", "soft")
 RANKING_AGGREGATES = ("none", "bradley_terry", "ranked_pairs")
@@ -183,8 +183,8 @@ def export_text(store: Store, what: str, aggregate: str = "majority") -> tuple[s
 def export_pairs(store: Store | str | Path, out_path: str | Path, aggregate: str = "majority",
                  include_rankings: bool = True) -> int:
     """Write preference pairs (the RM / DPO input) to one JSONL file atomically; returns how many."""
-    store = store if isinstance(store, Store) else Store.open(store, create=False)
-    records = pair_records(store, aggregate=aggregate, include_rankings=include_rankings)
+    with opened(store, create=False) as db:
+        records = pair_records(db, aggregate=aggregate, include_rankings=include_rankings)
     atomic_write_text(out_path, _jsonl(records))
     return len(records)
 
@@ -195,7 +195,22 @@ def export_all(store: Store | str | Path, out_dir: str | Path, pair_aggregate: s
     """Write pairs, rankings, raw judgments and the manifest into ``out_dir``; returns the manifest."""
     if Path(out_dir).exists() and not replace:
         raise FileExistsError(f"{out_dir} already exists; choose a new folder or pass replace=True (--replace)")
-    store = store if isinstance(store, Store) else Store.open(store, create=False)
+    with opened(store, create=False) as db:
+        files, manifest = _export_contents(db, pair_aggregate, ranking_aggregate, include_rankings_in_pairs,
+                                           include_unacceptable)
+    with atomic_dir(out_dir, replace=replace) as tmp:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a temporary folder is private; the export is not
+        for name, body in files.items():
+            (tmp / name).write_text(body, encoding="utf-8")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def _export_contents(store: Store, pair_aggregate: str, ranking_aggregate: str, include_rankings_in_pairs: bool,
+                     include_unacceptable: bool) -> tuple[dict[str, str], dict[str, Any]]:
+    """The export's files (name → JSONL text) and its manifest."""
     files = {
         "pairs.jsonl": _jsonl(pair_records(store, pair_aggregate, include_rankings_in_pairs, include_unacceptable)),
         "rankings.jsonl": _jsonl(ranking_records(store, ranking_aggregate, include_unacceptable)),
@@ -214,11 +229,4 @@ def export_all(store: Store | str | Path, out_dir: str | Path, pair_aggregate: s
         "agreement": {"pairwise": agreement_summary(units), "rankings": ranking_summary(judgments, items)},
         "sha256": {name: hashlib.sha256(body.encode()).hexdigest() for name, body in files.items()},
     }
-    with atomic_dir(out_dir, replace=replace) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # a temporary folder is private; the export is not
-        for name, body in files.items():
-            (tmp / name).write_text(body, encoding="utf-8")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return manifest
+    return files, manifest

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 
 from tuneloop.data.loading import Record, read_records
 from tuneloop.feedback import schema as S
-from tuneloop.feedback.store import Store
+from tuneloop.feedback.store import Store, opened
 
 MODES = ("pairwise", "ranking")
 FINISH_REASONS = ("eos", "length", "stop")
@@ -114,23 +114,23 @@ def import_candidates(store: Store | str | Path, path: str | Path, mode: str = "
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if pairs_per_prompt is not None and pairs_per_prompt < 1:
         raise ValueError(f"pairs_per_prompt must be ≥ 1, got {pairs_per_prompt}")
-    store = store if isinstance(store, Store) else Store.open(store)
-    parsed = [parse_candidates(r, gold) for r in read_records(path)]  # validate everything first
-    rng = random.Random(seed)
-    counts = {"prompts": 0, "items": 0, "skipped": 0}
-    with store.write() as conn:
-        for cand in parsed:
-            existing = conn.execute(select(S.candidates.c.text).where(S.candidates.c.prompt_id == cand.prompt_id)
-                                    .order_by(S.candidates.c.idx)).scalars().all()
-            if existing:
-                if list(existing) != cand.completions:
-                    raise ValueError(f"{cand.source}: prompt_id {cand.prompt_id} is already in the store with "
-                                     "different completions; give the new candidates their own prompt ids")
-                counts["skipped"] += 1
-                continue
-            counts["items"] += _insert(conn, cand, mode, pairs_per_prompt, rng)
-            counts["prompts"] += 1
-    return counts
+    with opened(store) as db:
+        parsed = [parse_candidates(r, gold) for r in read_records(path)]  # validate everything first
+        rng = random.Random(seed)
+        counts = {"prompts": 0, "items": 0, "skipped": 0}
+        with db.write() as conn:
+            for cand in parsed:
+                existing = conn.execute(select(S.candidates.c.text).where(S.candidates.c.prompt_id == cand.prompt_id)
+                                        .order_by(S.candidates.c.idx)).scalars().all()
+                if existing:
+                    if list(existing) != cand.completions:
+                        raise ValueError(f"{cand.source}: prompt_id {cand.prompt_id} is already in the db with "
+                                         "different completions; give the new candidates their own prompt ids")
+                    counts["skipped"] += 1
+                    continue
+                counts["items"] += _insert(conn, cand, mode, pairs_per_prompt, rng)
+                counts["prompts"] += 1
+        return counts
 
 
 def _insert(conn, cand: Candidates, mode: str, pairs_per_prompt: int | None, rng: random.Random) -> int:

@@ -36,7 +36,7 @@ from sqlalchemy import select
 from tuneloop.feedback import schema as S
 from tuneloop.feedback.answers import STRENGTHS
 from tuneloop.feedback.importer import import_candidates
-from tuneloop.feedback.store import Store
+from tuneloop.feedback.store import Store, opened
 
 Scorer = Callable[[str], float]
 STRENGTH_CUTS = (2.0, 1.0, 0.5)  # perceived gap in σ for significantly / better / slightly; below: negligibly
@@ -139,31 +139,31 @@ def simulate(store: Store | str | Path, candidates_path: str | Path | None = Non
     if num_annotators < 1 or overlap < 1:
         raise ValueError(f"need num_annotators ≥ 1 and overlap ≥ 1, got {num_annotators} and {overlap}")
     started = time.time()
-    store = store if isinstance(store, Store) else Store.open(store, synchronous="NORMAL")
-    imported = (import_candidates(store, candidates_path, mode=mode, pairs_per_prompt=pairs_per_prompt, seed=seed)
-                if candidates_path is not None else None)
-    store.set_setting("overlap", overlap)
-    gold, gaps = _gold_scores(store, scorer or vader_scorer())
-    sigma = calibrate_sigma(gaps, target_agreement) if noise == "auto" else float(noise)
-    names = [f"{name_prefix}-{i + 1:02d}" for i in range(num_annotators)]
-    existing = {u["name"] for u in store.list_users()}
-    for name in names:
-        if name not in existing:
-            store.create_user(name, "annotator")
-    tokens = {n: store.issue_token(n, ["judge"], label="simulated rater") for n in names}
-    coro = _panel(store, names, tokens, gold, sigma, tie_band, seed)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # the usual case: no event loop in this thread
-        count = asyncio.run(coro)
-    else:  # called from async code (a notebook): run the panel on its own loop in a worker thread
-        from concurrent.futures import ThreadPoolExecutor
+    with opened(store, synchronous="NORMAL") as db:
+        imported = (import_candidates(db, candidates_path, mode=mode, pairs_per_prompt=pairs_per_prompt, seed=seed)
+                    if candidates_path is not None else None)
+        db.set_setting("overlap", overlap)
+        gold, gaps = _gold_scores(db, scorer or vader_scorer())
+        sigma = calibrate_sigma(gaps, target_agreement) if noise == "auto" else float(noise)
+        names = [f"{name_prefix}-{i + 1:02d}" for i in range(num_annotators)]
+        existing = {u["name"] for u in db.list_users()}
+        for name in names:
+            if name not in existing:
+                db.create_user(name, "annotator")
+        tokens = {n: db.issue_token(n, ["judge"], label="simulated rater") for n in names}
+        coro = _panel(db, names, tokens, gold, sigma, tie_band, seed)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the usual case: no event loop in this thread
+            count = asyncio.run(coro)
+        else:  # called from async code (a notebook): run the panel on its own loop in a worker thread
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(1) as pool:
-            count = pool.submit(asyncio.run, coro).result()
-    report = quality_report(store)["pairwise"]
-    return SimulationResult(count, names, sigma, expected_agreement(gaps, sigma), report["raw_agreement"],
-                            report["fleiss_kappa"], report["krippendorff_alpha"], time.time() - started, imported)
+            with ThreadPoolExecutor(1) as pool:
+                count = pool.submit(asyncio.run, coro).result()
+        report = quality_report(db)["pairwise"]
+        return SimulationResult(count, names, sigma, expected_agreement(gaps, sigma), report["raw_agreement"],
+                                report["fleiss_kappa"], report["krippendorff_alpha"], time.time() - started, imported)
 
 
 async def _panel(store: Store, names: list[str], tokens: dict[str, str], gold: dict[int, float], sigma: float,

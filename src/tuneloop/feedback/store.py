@@ -124,6 +124,7 @@ class Store:
         return store
 
     def close(self) -> None:
+        """Close every pooled connection; SQLite folds its write-ahead log back into the file."""
         self.engine.dispose()
 
     @contextmanager
@@ -343,3 +344,17 @@ class Store:
                     problems += [f"sqlite integrity_check: {r}" for r in result]
             problems += invariant_problems(conn, self.settings(conn)["overlap"])
         return problems
+
+
+@contextmanager
+def opened(store: Store | str | Path, **open_kwargs) -> Iterator[Store]:
+    """``store`` as is when it is a Store; else the Store at that location, closed again on exit (so a
+    SQLite file is left whole, without a -wal beside it)."""
+    if isinstance(store, Store):
+        yield store
+        return
+    own = Store.open(store, **open_kwargs)
+    try:
+        yield own
+    finally:
+        own.close()
