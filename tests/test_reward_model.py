@@ -164,10 +164,32 @@ def test_saved_folder_loads_in_transformers_and_scores_the_same(tiny_name, tmp_p
 
 
 def test_reward_models_use_plain_sdpa_by_default(tiny_bert):
-    """The policy default 'sdpa_documents' is a kernel registered by tuneloop for causal LMs; an encoder
-    must not depend on whether some earlier code in the process registered it."""
     model, _ = build_reward_model(RewardModelConfig(name=tiny_bert))
     assert model.hf.config._attn_implementation == "sdpa"
+
+
+def test_tuneloops_own_kernel_loads_in_a_fresh_process(tiny_bert):
+    """'sdpa_documents' is registered with transformers by whichever loader sees it first; in a fresh
+    process (no policy loaded before) an encoder reward model built with it scores as plain SDPA does."""
+    import subprocess
+    import sys
+
+    script = f"""
+import torch
+from tuneloop.models.reward import build_reward_model
+from tuneloop.train.reward import RewardModelConfig
+torch.manual_seed(0)
+ours, tok = build_reward_model(RewardModelConfig(name={tiny_bert!r}, attn_implementation="sdpa_documents"))
+plain, _ = build_reward_model(RewardModelConfig(name={tiny_bert!r}))
+plain.load_state_dict(ours.state_dict())
+enc = tok(["a short one", "a somewhat longer sentence here"], padding=True, return_tensors="pt")
+with torch.no_grad():
+    torch.testing.assert_close(ours(enc["input_ids"], enc["attention_mask"]),
+                               plain(enc["input_ids"], enc["attention_mask"]), atol=1e-6, rtol=0)
+assert ours.hf.config._attn_implementation == "sdpa_documents"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_trainable_layers_freezes_the_bottom(tiny_bert):

@@ -9,6 +9,8 @@ document bounds (padded batches, generation) are plain SDPA.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 
@@ -29,17 +31,20 @@ def sdpa_per_document(module, query, key, value, attention_mask, dropout=0.0, sc
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     outputs = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
                                               dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
-               for a, b in zip(bounds[:-1], bounds[1:])]
+               for a, b in pairwise(bounds)]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
-def register_document_attention() -> str:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+def attention_kernel(name: str) -> str:
+    """``name`` ready to pass as ``attn_implementation`` to any transformers model: tuneloop's own kernel
+    is registered with transformers first (every model loader goes through here)."""
+    if name == DOCUMENT_ATTENTION:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(DOCUMENT_ATTENTION, sdpa_per_document)
-    AttentionMaskInterface.register(DOCUMENT_ATTENTION, sdpa_mask)  # still needed by the fallback
-    return DOCUMENT_ATTENTION
+        AttentionInterface.register(DOCUMENT_ATTENTION, sdpa_per_document)
+        AttentionMaskInterface.register(DOCUMENT_ATTENTION, sdpa_mask)  # still needed by the fallback
+    return name
 
 
 def document_bounds(position_ids: torch.Tensor) -> list[int]:
@@ -53,7 +58,3 @@ def uses_document_attention(model) -> bool:
     config = getattr(getattr(model, "module", model), "config", None)
     return getattr(config, "_attn_implementation", None) == DOCUMENT_ATTENTION
 
-
-def plain_kernel(name: str) -> str:
-    """The kernel for models that never see padding-free rows (reward scorers): 'sdpa_documents' is 'sdpa'."""
-    return "sdpa" if name == DOCUMENT_ATTENTION else name

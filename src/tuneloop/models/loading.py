@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from tuneloop.models.attention import DOCUMENT_ATTENTION, register_document_attention
+from tuneloop.models.attention import attention_kernel
 from tuneloop.models.bundled import BUNDLED_POLICY, bundled_policy_path
 from tuneloop.models.bundled_encoder import BUNDLED_ENCODER, bundled_encoder_path
 from tuneloop.models.tiny import TINY_PREFIX, tiny_model_path
@@ -79,10 +79,8 @@ def load_causal_lm(cfg: ModelConfig, trainable: bool = True):
 
     source = resolve_model_name(cfg.name)
     tokenizer = load_tokenizer(cfg.name)
-    attention = cfg.attn_implementation
-    if attention == DOCUMENT_ATTENTION:
-        register_document_attention()
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attention)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32,
+                                                 attn_implementation=attention_kernel(cfg.attn_implementation))
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing and trainable:

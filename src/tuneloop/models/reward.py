@@ -42,7 +42,7 @@ import torch
 from tuneloop.atomic import atomic_write_text
 from tuneloop.data.chat import FALLBACK_TEMPLATE, TemplateError, render_text
 from tuneloop.data.formats import Message
-from tuneloop.models.attention import plain_kernel
+from tuneloop.models.attention import attention_kernel
 from tuneloop.models.loading import LoraConfig, ModelConfig, load_tokenizer, resolve_model_name
 
 RewardKind = Literal["causal_lm", "encoder"]
@@ -312,7 +312,7 @@ def build_reward_model(cfg: ModelConfig, kind: str = "auto", disable_dropout: bo
         tokenizer.chat_template = FALLBACK_TEMPLATE  # saved with the model, so scoring renders the same
     with _quiet_transformers():  # "score.weight newly initialised": yes, it is the head we train
         hf = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32,
-                                                                attn_implementation=plain_kernel(cfg.attn_implementation))
+                                                                attn_implementation=attention_kernel(cfg.attn_implementation))
     hf.config.pad_token_id = tokenizer.pad_token_id
     if disable_dropout:
         _disable_dropout(hf)
