@@ -146,9 +146,10 @@ class StepTimer:
 def loss_agreement(args, units, dataset) -> dict:
     from tuneloop.losses.dpo import DPOLoss, DPOParams
     from tuneloop.models import LoraConfig, ModelConfig, load_causal_lm
+    from tuneloop.models.logprobs import supports_logits_to_keep
     from tuneloop.train.dpo import batch_loss_sum
     from tuneloop.train.dpo_data import collate, graded_sequences
-    from tuneloop.train.dpo_reference import score_units, supports_logits_to_keep
+    from tuneloop.train.dpo_reference import score_units
 
     base, tokenizer = load_causal_lm(ModelConfig(name=args.model), trainable=False)
     trainer = trl_trainer(args, copy.deepcopy(base).requires_grad_(True), tokenizer, dataset, steps=1)

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     _config_stage(sub, "sft", "supervised fine-tuning on instruction → response data",
                   "tuneloop.train.sft.SFTConfig", "tuneloop.train.sft.train")
-    _config_stage(sub, "dpo", "direct preference optimisation (dpo, ipo, cdpo, robust, hinge, simpo, orpo, kto)", "tuneloop.train.dpo.DPOConfig", "tuneloop.train.dpo.train")  # noqa: E501
+    _config_stage(sub, "dpo", "direct preference optimisation (dpo, ipo, cdpo, robust, hinge, simpo, orpo, kto)", "tuneloop.train.dpo_config.DPOConfig", "tuneloop.train.dpo.train")  # noqa: E501
     _config_stage(sub, "reward", "train a reward model on preference judgments", "tuneloop.train.reward.RewardConfig", "tuneloop.train.reward.train")  # noqa: E501
     sample.register(sub)
     inspect_cmd.register(sub)

@@ -7,7 +7,17 @@ depend on its neighbours in the batch (tested: left == right padding to 1e-5).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Whether the model (inside a peft or DDP wrapper too) takes ``logits_to_keep``, so the output head
+    can run at chosen positions only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(base, "module", base)
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def answer_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right",

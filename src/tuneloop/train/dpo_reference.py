@@ -12,7 +12,6 @@ match the run's data is refused rather than silently misused.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -26,16 +25,11 @@ from safetensors.torch import load_file, save_file
 from tuneloop.batches import PreferenceBatch
 from tuneloop.losses.sequence_logps import sum_by_sequence, token_logps
 from tuneloop.models.attention import SDPA_KERNELS
+from tuneloop.models.logprobs import supports_logits_to_keep
 from tuneloop.train.batch_plan import BatchPlan, step_micro_batches
 from tuneloop.train.dpo_data import GRADED_NAMES, Layout, ScoredSequence, collate
 
 REFERENCE_FILE = "reference_logps.safetensors"
-
-
-def supports_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def sequence_logps(model, batch: PreferenceBatch, keep_response_only: bool) -> torch.Tensor:

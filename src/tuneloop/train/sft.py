@@ -15,7 +15,6 @@ over the vocabulary are the most expensive part of a small model, and prompt pos
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from tuneloop.losses.sft import masked_nll_sum
 from tuneloop.models import ModelConfig, load_causal_lm
 from tuneloop.models.attention import document_bounds, uses_document_attention
 from tuneloop.models.loading import load_tokenizer, save_model
+from tuneloop.models.logprobs import supports_logits_to_keep
 from tuneloop.runs import RunConfig, RunDir
 from tuneloop.tracking import Tracker
 from tuneloop.train.accumulate import accumulate_gradients, optimizer_step
@@ -128,12 +128,6 @@ def collate(docs: list[Tokenized], cfg: SFTDataConfig, pad_id: int) -> SFTBatch:
     return collate_padding_free(docs) if cfg.padding_free or cfg.packing else collate_padded(docs, pad_id)
 
 
-def _supports_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
 def batch_loss_sum(model, batch: SFTBatch, keep_trained_only: bool) -> tuple[torch.Tensor, dict]:
     """Summed masked NLL of a micro-batch (logits only where trained when the model allows it)."""
     kwargs = {}
@@ -193,7 +187,7 @@ def _setup(cfg: SFTConfig, resume_dir: str | Path | None) -> _Session:
     plan = make_batch_plan(cfg.batch, len(data.units), accelerator.num_processes)
     model, tokenizer = load_causal_lm(cfg.model)
     model.train()
-    keep = _supports_logits_to_keep(model)
+    keep = supports_logits_to_keep(model)
     model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, accelerator)
     run = open_run_dir(cfg.run, "sft", accelerator, resume_dir)
     state = resume_if_any(run, model, optimizer, scheduler, accelerator) if resume_dir is not None else None
