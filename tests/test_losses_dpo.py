@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from handvalues import close
 
 from tuneloop.losses.dpo import (
     DPOLoss,
@@ -33,11 +34,6 @@ from tuneloop.losses.dpo import (
 
 T = torch.tensor
 NLS1, NLS_M1 = 0.3132617, 1.3132617
-
-
-def close(actual, expected, tol=1e-5):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32),
-                               torch.as_tensor(expected, dtype=torch.float32), rtol=0, atol=tol)
 
 
 def example():

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from handvalues import close
 
 from tuneloop.losses.preference import (
     bradley_terry_loss,
@@ -35,11 +36,6 @@ from tuneloop.losses.preference_metrics import (
 
 NLS1, NLS_M1, NLS2, LOG2 = 0.3132617, 1.3132617, 0.1269280, 0.6931472
 T = torch.tensor
-
-
-def close(actual, expected, tol=1e-5):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32),
-                               torch.as_tensor(expected, dtype=torch.float32), rtol=0, atol=tol)
 
 
 # --- Bradley–Terry ---------------------------------------------------------------------------
