@@ -223,23 +223,3 @@ def current_judgments(conn: Connection, user_id: int | None = None) -> list[dict
     if user_id is not None:
         query = query.where(J.user_id == user_id)
     return [dict(r) for r in conn.execute(query.order_by(J.submitted_at, J.id)).mappings()]
-
-
-def invariant_problems(conn: Connection, overlap: int) -> list[str]:
-    """The app's invariants, checked from the rows themselves."""
-    J, I = S.judgments.c, S.items.c
-    problems = []
-    primary = (select(J.item_id, func.count().label("n")).where(J.supersedes.is_(None), not_(J.is_repeat))
-               .group_by(J.item_id).subquery())
-    for item_id, n_done, n, is_gold in conn.execute(
-            select(I.id, I.n_done, func.coalesce(primary.c.n, 0), I.is_gold)
-            .select_from(S.items.outerjoin(primary, primary.c.item_id == I.id))):
-        if n_done != n:
-            problems.append(f"item {item_id}: counter says {n_done} judgments, rows say {n}")
-        if n > overlap and not is_gold:
-            problems.append(f"item {item_id}: {n} judgments exceed the overlap {overlap}")
-    for item_id, user_id, n in conn.execute(
-            select(J.item_id, J.user_id, func.count()).where(J.supersedes.is_(None), not_(J.is_repeat))
-            .group_by(J.item_id, J.user_id).having(func.count() > 1)):
-        problems.append(f"item {item_id}: user {user_id} judged it {n} times")
-    return problems

@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, create_engine, event, func, insert, select, te
 from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.feedback import schema as S
+from tuneloop.feedback.invariants import invariant_problems
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_SYNC_MODES = ("FULL", "NORMAL")
@@ -334,8 +335,6 @@ class Store:
 
     def check_integrity(self) -> list[str]:
         """Problems found (empty = healthy): the database's own check plus the app's invariants."""
-        from tuneloop.feedback.assign import invariant_problems
-
         problems = []
         with self.read() as conn:
             if self.is_sqlite:
