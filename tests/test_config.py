@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuneloop.config import ConfigError, describe, dump_yaml, load_config, parse_overrides
+from tuneloop.config import CliValue, ConfigError, describe, dump_yaml, load_config, parse_overrides
 from tuneloop.train.sft import SFTConfig
 
 
@@ -64,7 +64,9 @@ def test_int_is_accepted_for_float_but_bool_is_not():
 
 
 def test_parse_overrides_nests_keys():
-    assert parse_overrides(["--a.b", "1", "--a.c=x", "--d", "null"]) == {"a": {"b": 1, "c": "x"}, "d": None}
+    assert parse_overrides(["--a.b", "1", "--a.c=x", "--d", "null"]) == {
+        "a": {"b": CliValue("1"), "c": CliValue("x")}, "d": CliValue("null")}
+    assert [CliValue(t).parsed for t in ("1", "x", "null", "1e-5")] == [1, "x", None, 1e-5]
 
 
 def test_every_field_is_documented():

@@ -38,13 +38,12 @@ def _import(path: str):
 
 
 def _run_config_stage(args, overrides: list[str]) -> int:
-    from tuneloop.config import describe, dump_yaml, load_config
+    from tuneloop.config import dump_yaml, help_text, load_config
     from tuneloop.runs import latest_run_dir
 
     cls = _import(args.config_cls)
     if args.help_config:
-        for key, tp, default, doc in describe(cls):
-            print(f"--{key}  ({tp}, default {default})\n      {doc}")
+        print(help_text(cls), end="")
         return 0
     resume_dir = None
     if getattr(args, "resume", None):

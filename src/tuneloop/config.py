@@ -2,7 +2,16 @@
 
 A stage's config is a tree of dataclasses. The same fields load from a YAML file and from
 command-line overrides (``--optim.lr 1e-5`` or ``--optim.lr=1e-5``). Unknown keys, wrong types and
-values outside a ``Literal`` are errors that name the key. Each field's documentation is the string
+values outside a ``Literal`` are errors that name the key.
+
+Field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, enums, nested dataclasses,
+``list[T]``, ``tuple[T, ...]``, ``dict[str, T]`` and unions of these (``float | None``,
+``str | dict[str, float]``). A union takes the first member, in the order written, that the value
+fits. On the command line a value is read as YAML (``1e-5`` is a float, ``null`` is None,
+``'{rm: 1.0, vader: 0.5}'`` and ``'{"rm": 1.0}'`` are mappings, ``[a, b]`` a list); when that
+reading does not fit the field but the field takes a string, the text is taken as it was typed, so
+``--model.name 123`` names a model "123". A mapping given whole replaces the field's mapping; one
+entry is set with a dotted key: ``--reward.weights.vader 0.5``. Each field's documentation is the string
 literal written right under it in the class body (read with ``ast``), so ``--help`` and the docs show
 the same text as the code.
 
@@ -65,30 +74,69 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
+    """How ``--help-config`` and error messages spell a field type (``dict[str, float] or null``)."""
+    origin = get_origin(tp)
+    if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in tp)
-    if _is_optional(tp):
-        return _type_name(_strip_optional(tp)) + " or null"
+    if _is_union(tp):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        names = " or ".join(_type_name(a) for a in members)
+        return names + " or null" if len(members) < len(get_args(tp)) else names
+    if origin in (list, tuple, dict):
+        args = get_args(tp)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            args = args[:1]
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{origin.__name__}[{inner}]" if inner else origin.__name__
     return getattr(tp, "__name__", str(tp))
 
 
-def _is_optional(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
 
 
-def _strip_optional(tp: Any) -> Any:
-    args = [a for a in get_args(tp) if a is not type(None)]
-    return args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
+@dataclasses.dataclass(frozen=True)
+class CliValue:
+    """A value typed on the command line, kept as text until the field's type is known."""
+
+    text: str
+
+    @property
+    def parsed(self) -> Any:
+        return _parse_scalar(self.text)
 
 
 def _check_value(key: str, tp: Any, value: Any) -> Any:
-    """Return ``value`` as type ``tp`` or raise a ConfigError that names ``key``."""
-    if _is_optional(tp):
-        if value is None:
+    """Return ``value`` as type ``tp`` or raise a ConfigError that names ``key``.
+
+    A ``CliValue`` is tried as YAML first; if that does not fit and ``tp`` takes a string, its text is
+    used as typed (``--model.name 123``, ``--data.train yes``).
+    """
+    if isinstance(value, CliValue):
+        parsed = value.parsed
+        try:
+            return _check_value(key, tp, parsed)
+        except ConfigError:
+            if isinstance(parsed, (dict, list)) or not _accepts_str(tp):
+                raise  # a mistyped mapping or list is an error, never silently a string
+            return _check_value(key, tp, value.text)
+    if _is_union(tp):
+        members = [m for m in get_args(tp) if m is not type(None)]
+        if value is None and len(members) < len(get_args(tp)):
             return None
-        return _check_value(key, _strip_optional(tp), value)
+        errors = []
+        for member in members:
+            try:
+                return _check_value(key, member, value)
+            except ConfigError as err:
+                errors.append((member, err))
+        # When one member has the value's shape (a mapping, a list), its error says what inside is wrong.
+        same_shape = [err for member, err in errors if _shape(member) == _shape(value) is not None]
+        if len(errors) == 1 or len(same_shape) == 1:
+            raise (same_shape or [errors[0][1]])[0]
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     origin = get_origin(tp)
     if origin is Literal:
         if value in get_args(tp):
@@ -101,10 +149,20 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}") from None
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
         (item_tp, *_) = get_args(tp) or (Any,)
         items = [_check_value(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)} (a mapping), got {value!r} "
+                              f"({type(value).__name__})")
+        key_tp, value_tp = get_args(tp) or (Any, Any)
+        out = {}
+        for name, item in value.items():
+            checked_name = _check_value(f"{key} (the key {name!r})", key_tp, name)
+            out[checked_name] = _check_value(f"{key}.{name}", value_tp, item)
+        return out
     if tp is Any:
         return value
     if tp is bool:
@@ -123,6 +181,23 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, dict):
             return _build(tp, value, prefix=key + ".")
     raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _shape(tp_or_value: Any) -> str | None:
+    """'mapping' or 'list' for such a type or value, else None."""
+    tp = tp_or_value if isinstance(tp_or_value, type) or get_origin(tp_or_value) else type(tp_or_value)
+    origin = get_origin(tp) or tp
+    if origin is dict or dataclasses.is_dataclass(origin):
+        return "mapping"
+    if origin in (list, tuple):
+        return "list"
+    return None
+
+
+def _accepts_str(tp: Any) -> bool:
+    if tp is str or tp is Any:
+        return True
+    return _is_union(tp) and any(_accepts_str(m) for m in get_args(tp))
 
 
 @cache
@@ -160,6 +235,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return value.value
         if isinstance(value, (list, tuple)):
             return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
         return value
 
     return convert(cfg)
@@ -193,7 +270,10 @@ def _parse_scalar(text: str) -> Any:
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--optim.lr", "1e-5", "--data.packing=true"]`` -> ``{"optim": {"lr": 1e-5}, "data": {...}}``."""
+    """``["--optim.lr", "1e-5", "--data.packing=true"]`` -> ``{"optim": {"lr": CliValue("1e-5")}, ...}``.
+
+    Leaves stay ``CliValue`` text until ``load_config`` knows each field's type (module docstring).
+    """
     nested: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -215,11 +295,13 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"config override '--{key}' conflicts with an earlier one")
-        node[parts[-1]] = _parse_scalar(text)
+        node[parts[-1]] = CliValue(text)
     return nested
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``; sections merge key by key, any other value (a whole mapping given as one
+    command-line value included) replaces what was there."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -246,6 +328,11 @@ def load_config(cls: type, yaml_path: str | Path | None = None, overrides: list[
     if overrides:
         data = _merge(data, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     return _build(cls, data)
+
+
+def help_text(cls: type) -> str:
+    """What ``--help-config`` prints: every key with its type, default and meaning."""
+    return "".join(f"--{key}  ({tp}, default {default})\n      {doc}\n" for key, tp, default, doc in describe(cls))
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -48,7 +48,7 @@ class ModelConfig:
     """LoRA adapters (peft)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (slower)."""
-    attn_implementation: str = "sdpa_documents"
+    attn_implementation: Literal["sdpa_documents", "sdpa", "eager", "flash_attention_2"] = "sdpa_documents"
     """Attention kernel: 'sdpa_documents' (SDPA per document on padding-free rows, else plain SDPA), 'sdpa', 'eager', 'flash_attention_2'."""
 
 
