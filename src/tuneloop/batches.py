@@ -86,3 +86,50 @@ class PreferenceBatch:
             if isinstance(value, torch.Tensor):
                 moved[name] = value.to(device)
         return PreferenceBatch(**moved)
+
+
+@dataclass
+class Rollout:
+    """One batch of RL experience: N prompts × K samples = B rows, prompt i's samples in rows iK…iK+K−1.
+
+    Layout: row b of ``query_responses`` is its prompt left-padded to P columns, then its response
+    right-padded to A columns, so response token t of every row sits at column P + t and is predicted
+    by the logits at column P + t − 1. Per-token fields are (B, A) over the response columns.
+    Fields filled in later steps of the loop are None until then.
+    """
+
+    query_responses: torch.Tensor  # (B, P + A) token ids; pad id on padding
+    attention_mask: torch.Tensor  # (B, P + A) 1 on real prompt and response tokens (the stop token included)
+    response_mask: torch.Tensor  # (B, A) 1 on response tokens (the stop token included), 0 on padding
+    prompt_width: int  # P: columns of the left-padded prompts
+    group_size: int  # K samples per prompt
+    prompt_index: torch.Tensor  # (B,) position of the row's prompt in the prompt list
+    sampling_logps: torch.Tensor  # (B, A) log π_sampler(y_t) reported by generate() (temperature-scaled)
+    ended: torch.Tensor  # (B,) bool: the response stopped at a stop token (False: cut at max_new_tokens)
+    old_logps: torch.Tensor | None = None  # (B, A) log π_old(y_t): the training forward before the update
+    ref_logps: torch.Tensor | None = None  # (B, A) log π_ref(y_t) under the reference model
+    values: torch.Tensor | None = None  # (B, A) V(s_t) of the critic before the update (gae only)
+    scores: torch.Tensor | None = None  # (B,) reward score after penalties, normalisation and clipping
+    raw_scores: torch.Tensor | None = None  # (B,) the reward's score as returned
+    advantages: torch.Tensor | None = None  # (B, A) Â_t
+    returns: torch.Tensor | None = None  # (B, A) value targets (gae) or advantages
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.response_mask.shape[0])
+
+    def rows(self, index: torch.Tensor | list[int]) -> Rollout:
+        """The rows ``index`` (a mini-batch), every per-row field sliced alike."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value[index.to(value.device)]
+        return Rollout(**moved)
+
+    def to(self, device: torch.device | str) -> Rollout:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device)
+        return Rollout(**moved)
