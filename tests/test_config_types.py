@@ -62,6 +62,10 @@ def test_command_line_mapping_whole_in_json_or_yaml_or_one_entry(tmp_path):
     assert flow.reward.weights == {"rm": 2.0, "vader": -1.0}
     entry = load_config(StageConfig, path, ["--reward.weights.vader", "0.5"])
     assert entry.reward.weights == {"rm": 1.0, "length": 0.1, "vader": 0.5}  # one entry added to the file's
+    on_default = load_config(StageConfig, None, ["--reward.weights.vader", "0.5", "--reward.weights.rm", "2"])
+    assert on_default.reward.weights == {"rm": 2.0, "vader": 0.5}  # ... or to the default {"rm": 1.0}
+    path.write_text("reward:\n  weights: {vader: 1}\n")
+    assert load_config(StageConfig, path).reward.weights == {"vader": 1.0}  # a file's mapping replaces the default
 
 
 def test_command_line_unions_pick_the_first_member_that_fits():

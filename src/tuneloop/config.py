@@ -10,8 +10,9 @@ Field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, enums, nes
 fits. On the command line a value is read as YAML (``1e-5`` is a float, ``null`` is None,
 ``'{rm: 1.0, vader: 0.5}'`` and ``'{"rm": 1.0}'`` are mappings, ``[a, b]`` a list); when that
 reading does not fit the field but the field takes a string, the text is taken as it was typed, so
-``--model.name 123`` names a model "123". A mapping given whole replaces the field's mapping; one
-entry is set with a dotted key: ``--reward.weights.vader 0.5``. Each field's documentation is the string
+``--model.name 123`` names a model "123". A mapping in a file or given whole on the command line
+replaces the field's mapping; a dotted key sets one entry of the mapping below it (the file's, else
+the default): ``--reward.weights.vader 0.5``. Each field's documentation is the string
 literal written right under it in the class body (read with ``ast``), so ``--help`` and the docs show
 the same text as the code.
 
@@ -95,6 +96,11 @@ def _type_name(tp: Any) -> str:
 
 def _is_union(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType)
+
+
+class Entries(dict):
+    """Keys set one by one on the command line (``--reward.weights.vader 0.5``): they update the mapping
+    below them (the file's, else the field's default) instead of replacing it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +222,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         known = ", ".join(sorted(fields))
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'{where}; known keys: {known}")
     hints = _hints(cls)
-    kwargs = {name: _check_value(prefix + name, hints[name], value) for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        if isinstance(value, Entries) and not dataclasses.is_dataclass(hints[name]):
+            default = _default(fields[name])
+            if isinstance(default, dict):  # --weights.vader 0.5 adds to (or changes) the default mapping
+                value = {**default, **value}
+        kwargs[name] = _check_value(prefix + name, hints[name], value)
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -292,7 +304,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            node = node.setdefault(part, Entries())
             if not isinstance(node, dict):
                 raise ConfigError(f"config override '--{key}' conflicts with an earlier one")
         node[parts[-1]] = CliValue(text)
@@ -330,6 +342,14 @@ def load_config(cls: type, yaml_path: str | Path | None = None, overrides: list[
     return _build(cls, data)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return "(required)"
+
+
 def help_text(cls: type) -> str:
     """What ``--help-config`` prints: every key with its type, default and meaning."""
     return "".join(f"--{key}  ({tp}, default {default})\n      {doc}\n" for key, tp, default, doc in describe(cls))
@@ -345,12 +365,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, prefix + f.name + "."))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = "(required)"
+        default = _default(f)
         if isinstance(default, enum.Enum):
             default = default.value
         rows.append((prefix + f.name, _type_name(tp), repr(default), docs.get(f.name, "")))

@@ -14,10 +14,12 @@ class Tracker:
     """Append metrics to ``metrics.jsonl`` and TensorBoard; show a progress bar with ETA.
 
     Only the main process should create one with ``enabled=True``; others get a silent tracker.
+    wandb (``use_wandb``) receives the run's effective config: ``config`` (a config dataclass or a plain
+    dict) or, when that is None, the ``config.yaml`` the run folder already holds.
     """
 
     def __init__(self, run_path: Path | None, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 description: str = "train", use_wandb: bool = False, config: dict | None = None):
+                 description: str = "train", use_wandb: bool = False, config: Any = None):
         self.enabled = enabled and run_path is not None
         self._jsonl = None
         self._tb = None
@@ -35,7 +37,8 @@ class Tracker:
         if use_wandb:
             import wandb
 
-            self._wandb = wandb.init(project="tuneloop", name=run_path.name, config=config, dir=str(run_path))
+            self._wandb = wandb.init(project="tuneloop", name=run_path.name, config=effective_config(run_path, config),
+                                     dir=str(run_path))
         from tqdm import tqdm
 
         self._bar = tqdm(total=total_steps, initial=start_step, desc=description, unit="step", dynamic_ncols=True,
@@ -72,3 +75,19 @@ class Tracker:
             self._jsonl.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def effective_config(run_path: Path, config: Any = None) -> dict | None:
+    """The run's config as a plain nested dict: ``config`` itself, or the run folder's ``config.yaml``."""
+    if config is None:
+        saved = run_path / "config.yaml"
+        if not saved.is_file():
+            return None
+        import yaml
+
+        return yaml.safe_load(saved.read_text(encoding="utf-8"))
+    if isinstance(config, dict):
+        return config
+    from tuneloop.config import to_dict
+
+    return to_dict(config)
