@@ -1,16 +1,18 @@
-"""Held-out evaluation of a reward model's scores: numbers (JSON) and figures (PNG).
+"""Held-out evaluation of a reward model's scores: the numbers, written to ``report.json``.
 
 Input: the scores of held-out judged pairs (``ScoredPairs``) and of every held-out response. Output
-(``write_report``): ``report.json`` and four figures — ``reliability.png`` (calibration of
-σ(r_c − r_r)), ``accuracy_by_length.png`` (accuracy per bucket of response length), ``scores.png``
-(chosen vs rejected score histograms) and ``reward_vs_length.png`` (length bias). The metrics come
-from ``tuneloop.losses.preference_metrics``; see there for how ties and calibration are counted.
+(``write_report``): ``report.json`` with accuracy (ties apart), calibration (reliability bins, ECE),
+accuracy by response length and length bias. The metrics come from ``tuneloop.losses.preference_metrics``;
+see there for how ties and calibration are counted. Figures are drawn by the function the caller
+passes as ``figures`` (the reward stage passes ``tuneloop.report.reward_figures.draw``): this module
+computes numbers and imports no plotting.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,6 @@ import torch
 
 from tuneloop.atomic import atomic_write_text
 from tuneloop.losses import preference_metrics as pm
-from tuneloop.report import plots
 
 NUM_BINS = 10
 LENGTH_BUCKETS = 4  # accuracy by length: quantile buckets of the pair's mean response length
@@ -88,42 +89,19 @@ def _json_safe(value):
     return value
 
 
+FigureWriter = Callable[[Path, dict, "ScoredPairs", torch.Tensor, torch.Tensor], dict[str, Path]]
+
+
 def write_report(folder: Path, pairs: ScoredPairs, scores: torch.Tensor, lengths: torch.Tensor,
-                 tie_threshold: float, extra: dict | None = None) -> dict:
-    """Compute every held-out metric, write report.json and the figures into ``folder``; return the metrics."""
+                 tie_threshold: float, extra: dict | None = None, figures: FigureWriter | None = None) -> dict:
+    """Compute every held-out metric and write report.json into ``folder``; return the metrics.
+
+    ``figures(folder, metrics, pairs, scores, lengths) -> {name: path}`` draws the figures (none when
+    None); their file names are recorded under ``metrics["figures"]``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {**(extra or {}), **pair_metrics(pairs, tie_threshold), **response_metrics(scores, lengths)}
-    figures = {}
-    if "reliability" in metrics:
-        rel = metrics["reliability"]
-        figures["reliability"] = plots.reliability_diagram(
-            rel["mean_predicted"], rel["mean_observed"], rel["count"], folder / "reliability.png",
-            f"Calibration of σ(r_c − r_r), ECE {metrics['ece']:.3f}", "predicted P(chosen ≻ rejected)")
-    buckets = metrics.get("accuracy_by_length") or []
-    if buckets:
-        labels = [_bucket_label(b) for b in buckets]
-        figures["accuracy_by_length"] = plots.bar_chart(
-            labels, [b.get("accuracy", float("nan")) for b in buckets], folder / "accuracy_by_length.png",
-            "Held-out accuracy by mean response length (tokens)", "accuracy",
-            annotations=[f"n={int(b['pairs'])}" for b in buckets], reference=0.5, reference_label="chance")
-    strict = ~pairs.tie
-    figures["scores"] = plots.histograms({"chosen": pairs.chosen[strict].tolist(),
-                                          "rejected": pairs.rejected[strict].tolist()},
-                                         folder / "scores.png", "Held-out rewards", "reward (raw)")
-    if scores.numel() >= 2:
-        figures["reward_vs_length"] = plots.scatter(
-            lengths.tolist(), scores.tolist(), folder / "reward_vs_length.png",
-            f"Reward vs length (Spearman {metrics.get('length_spearman', float('nan')):.2f})",
-            "response tokens", "reward (raw)")
-    metrics["figures"] = {name: path.name for name, path in figures.items()}
+    drawn = figures(folder, metrics, pairs, scores, lengths) if figures is not None else {}
+    metrics["figures"] = {name: path.name for name, path in drawn.items()}
     atomic_write_text(folder / "report.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
     return metrics
-
-
-def _bucket_label(bucket: dict) -> str:
-    low, high = bucket["low"], bucket["high"]
-    if math.isinf(low):
-        return f"< {high:g}"
-    if math.isinf(high):
-        return f"≥ {low:g}"
-    return f"{low:g}–{high:g}"

@@ -53,6 +53,7 @@ from tuneloop.models.reward import (
     save_reward_model,
     score_encoded,
 )
+from tuneloop.report import reward_figures
 from tuneloop.rewards.evaluation import ScoredPairs, write_report
 from tuneloop.runs import RunConfig, RunDir
 from tuneloop.tracking import Tracker
@@ -409,7 +410,8 @@ def _eval_report(cfg: RewardConfig, model: RewardModel, s: _Session, scores: lis
         return {}
     lengths = torch.tensor([row.response_tokens for u in units for row in u.rows], dtype=torch.float32)
     return write_report(s.run.path / "eval", scored_pairs(units, scores), torch.cat(scores), lengths,
-                        cfg.eval_tie_threshold, extra={"eval_units": len(units), **evaluate(model, units, cfg, scores)})
+                        cfg.eval_tie_threshold, extra={"eval_units": len(units), **evaluate(model, units, cfg, scores)},
+                        figures=reward_figures.draw)
 
 
 def _reference_scores(cfg: RewardConfig, model: RewardModel, data: _Data, eval_scores: list[torch.Tensor]
