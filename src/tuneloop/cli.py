@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_stage(sub, "reward", "train a reward model on preference judgments", "tuneloop.train.reward.RewardConfig", "tuneloop.train.reward.train")  # noqa: E501
     sample.register(sub)
     inspect_cmd.register(sub)
+    from tuneloop import pipeline
+    from tuneloop.evaluate import cli as eval_cli
+
+    eval_cli.register(sub)
+    pipeline.register(sub)
     from tuneloop.feedback import cli as label_cli
 
     label_cli.register(sub)

@@ -1,0 +1,1 @@
+"""Thin command layers shared by the CLI and pipelines: parse → build → call."""

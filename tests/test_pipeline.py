@@ -1,0 +1,136 @@
+"""``tuneloop run``: content-hash caching, re-running exactly the changed stage and those after it,
+resuming from a failed stage, and errors that name the file and stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tuneloop.commands import stages as stage_kinds
+from tuneloop.pipeline import PipelineError, load_pipeline, run_pipeline
+
+CALLS: list[str] = []
+
+
+def _write(context, config):
+    """A cheap stage: writes ``text`` (plus what it reads from ``source``) to out.txt."""
+    CALLS.append(context.stage.name)
+    if config.get("fail"):
+        raise RuntimeError(f"{context.stage.name} was told to fail")
+    text = config["text"] + (open(config["source"]).read() if "source" in config else "")
+    path = context.folder / "out.txt"
+    path.write_text(text)
+    return {"text": path}, {"length": len(text)}
+
+
+@pytest.fixture(autouse=True)
+def fake_kind(monkeypatch):
+    monkeypatch.setitem(stage_kinds.STAGE_KINDS, "write", stage_kinds.StageKind("test stage", ("text",), _write))
+    CALLS.clear()
+
+
+def _pipeline(tmp_path, stages: dict, variables: dict | None = None, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"name": "t", "out_dir": str(tmp_path / "out"), "vars": variables or {},
+                                    "stages": stages}, sort_keys=False))
+    return path
+
+
+def _chain(tmp_path, a="A", b="B", c="C", extra=None):
+    """a → b → c chained through outputs, plus an independent stage d reading an external file."""
+    stages = {"a": {"uses": "write", "with": {"text": a}},
+              "b": {"uses": "write", "with": {"text": b, "source": "${a.text}"}},
+              "c": {"uses": "write", "with": {"text": c, "source": "${b.text}"}}}
+    stages.update(extra or {})
+    return _pipeline(tmp_path, stages)
+
+
+def _run(path, **kwargs):
+    lines: list[str] = []
+    records = run_pipeline(load_pipeline(path, **kwargs), echo=lines.append)
+    return records, lines
+
+
+def test_second_run_runs_nothing(tmp_path):
+    path = _chain(tmp_path)
+    records, _ = _run(path)
+    assert CALLS == ["a", "b", "c"] and (tmp_path / "out/c/out.txt").read_text() == "CBA"
+    CALLS.clear()
+    records2, lines = _run(path)
+    assert CALLS == [] and all(r.cached for r in records2.values())
+    assert all("cached" in line for line in lines)
+    assert {n: r.key for n, r in records.items()} == {n: r.key for n, r in records2.items()}
+    state = json.loads((tmp_path / "out/pipeline.json").read_text())
+    assert [s["name"] for s in state["stages"]] == ["a", "b", "c"] and state["failed"] is None
+
+
+def test_changing_one_stage_reruns_it_and_those_after_it_only(tmp_path):
+    _run(_chain(tmp_path))
+    CALLS.clear()
+    _run(_chain(tmp_path, b="B2"))
+    assert CALLS == ["b", "c"]
+    assert (tmp_path / "out/c/out.txt").read_text() == "CB2A"
+    CALLS.clear()
+    _run(_chain(tmp_path, b="B2", c="C2"))
+    assert CALLS == ["c"]
+
+
+def test_an_external_input_file_is_hashed_by_content(tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("x")
+    extra = {"d": {"uses": "write", "with": {"text": "D", "source": str(data)}}}
+    _run(_chain(tmp_path, extra=extra))
+    CALLS.clear()
+    data.write_text("y")
+    _run(_chain(tmp_path, extra=extra))
+    assert CALLS == ["d"]
+
+
+def test_a_failed_pipeline_resumes_from_the_failed_stage(tmp_path):
+    failing = {"b": {"uses": "write", "with": {"text": "B", "source": "${a.text}", "fail": True}}}
+    path = _pipeline(tmp_path, {"a": {"uses": "write", "with": {"text": "A"}}, **failing,
+                                "c": {"uses": "write", "with": {"text": "C", "source": "${b.text}"}}})
+    with pytest.raises(RuntimeError, match="told to fail"):
+        _run(path)
+    assert CALLS == ["a", "b"] and not (tmp_path / "out/b/stage.json").exists()
+    assert json.loads((tmp_path / "out/pipeline.json").read_text())["failed"] == "b"
+    CALLS.clear()
+    _run(_chain(tmp_path))  # the fix: same a, b without the failure
+    assert CALLS == ["b", "c"]
+
+
+def test_variables_profiles_and_sets(tmp_path):
+    path = _pipeline(tmp_path, {"a": {"uses": "write", "with": {"text": "${vars.word}"}}}, {"word": "long"})
+    raw = yaml.safe_load(path.read_text())
+    raw["profiles"] = {"quick": {"word": "short"}}
+    path.write_text(yaml.safe_dump(raw))
+    _run(path, profile="quick")
+    assert (tmp_path / "out/a/out.txt").read_text() == "short"
+    _run(path, overrides={"word": "set"})
+    assert (tmp_path / "out/a/out.txt").read_text() == "set"
+
+
+@pytest.mark.parametrize("stages, message", [
+    ({"a": {"uses": "nope"}}, "unknown stage kind 'nope'"),
+    ({"a": {"uses": "write", "with": {"text": "${b.text}"}}}, "names no earlier stage"),
+    ({"a": {"uses": "write", "with": {"text": "x"}}, "b": {"uses": "write", "with": {"text": "${a.model}"}}},
+     "has no output 'model'"),
+    ({"a": {"uses": "write", "with": {"text": "${vars.missing}"}}}, "is not defined"),
+    ({"a": {"uses": "write", "wiht": {}}}, "unknown key 'wiht'"),
+])
+def test_bad_pipeline_files_name_the_stage(tmp_path, stages, message):
+    with pytest.raises(PipelineError, match=message) as err:
+        load_pipeline(_pipeline(tmp_path, stages))
+    assert "p.yaml" in str(err.value)
+
+
+def test_cli_run_twice(tmp_path, capsys):
+    from tuneloop.cli import main
+
+    path = _chain(tmp_path)
+    assert main(["run", str(path)]) == 0
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cached") == 3 and CALLS == ["a", "b", "c"]
