@@ -26,17 +26,25 @@ def atomic_dir(target: str | Path, replace: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        _fsync_tree(tmp)
-        if target.exists() and replace:
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        elif not target.exists():
-            os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        publish_dir(tmp, target, replace)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_dir(tmp: str | Path, target: str | Path, replace: bool = False) -> None:
+    """Make the finished folder ``tmp`` (beside ``target``) appear as ``target`` in one rename, after
+    flushing it to disk; an existing ``target`` is swapped out with ``replace``, else kept (``tmp``
+    is then left for the caller to remove)."""
+    tmp, target = Path(tmp), Path(target)
+    _fsync_tree(tmp)
+    if target.exists() and replace:
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    elif not target.exists():
+        os.rename(tmp, target)
+    _fsync_dir(target.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

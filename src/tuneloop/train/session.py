@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tuneloop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from tuneloop.checkpoint import NamedState, latest_checkpoint, load_checkpoint, save_checkpoint
 from tuneloop.runs import RunConfig, RunDir, new_run_dir
 from tuneloop.runtime import keep_freed_memory
 from tuneloop.train.optim import OptimConfig, build_optimizer, build_scheduler
@@ -45,19 +45,21 @@ def prepare_optimisation(model, cfg: OptimConfig, total_steps: int, accelerator)
 
 
 def resume_if_any(run: RunDir, model, optimizer, scheduler, accelerator) -> dict[str, Any] | None:
-    """Restore the newest complete checkpoint of ``run``; returns its saved state, or None."""
-    checkpoints = list_checkpoints(run.checkpoints)
-    if not checkpoints:
+    """Restore the newest complete checkpoint of ``run``; returns its plain state and step, or None."""
+    path = latest_checkpoint(run.checkpoints)
+    if path is None:
         return None
-    state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler,
-                            accelerator.process_index, accelerator.num_processes)
+    resumed = load_checkpoint(accelerator, path, _named(model, optimizer, scheduler))
     if accelerator.is_main_process:
-        print(f"[tuneloop] resuming {run.path} from {checkpoints[-1].name}")
-    return state
+        print(f"[tuneloop] resuming {run.path} from {path.name}")
+    return {**resumed.plain, "step": resumed.step}
+
+
+def _named(model, optimizer, scheduler, plain: dict[str, Any] | None = None) -> NamedState:
+    return NamedState({"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler}, dict(plain or {}))
 
 
 def checkpoint(run: RunDir, step: int, model, optimizer, scheduler, accelerator, state: dict[str, Any],
                keep: int) -> None:
     """Called by every process at an optimizer-step boundary."""
-    save_checkpoint(run.checkpoints, step, accelerator.unwrap_model(model), optimizer, scheduler, state,
-                    accelerator.process_index, accelerator.num_processes, keep, accelerator.wait_for_everyone)
+    save_checkpoint(accelerator, run.checkpoints, step, _named(model, optimizer, scheduler, state), keep)
