@@ -99,7 +99,7 @@ def test_http_reward_unreachable_is_one_clear_error():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     with pytest.raises(RewardServiceError, match=f"http://127.0.0.1:{port}/ cannot be reached"):
-        HttpReward(f"http://127.0.0.1:{port}/", timeout=5).score(["p"], ["x"])
+        HttpReward(f"http://127.0.0.1:{port}/", timeout=5, retries=1, backoff=0.0).score(["p"], ["x"])
 
 
 def test_weighted_mix_and_gold_scorers():

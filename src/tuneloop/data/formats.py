@@ -71,6 +71,15 @@ def show_value(value: Any) -> str:
 _show = show_value
 
 
+def plain_prompt_text(prompt: list[Message]) -> str:
+    """A prompt as plain text: a single user turn as is; a conversation as "Role: text" blocks joined by
+    blank lines (e.g. "User: hi\\n\\nAssistant: hello\\n\\nUser: bye"). Encoder reward models read
+    it, and the HTTP reward sends it beside the messages."""
+    if len(prompt) == 1 and prompt[0]["role"] == "user":
+        return prompt[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+
+
 def sft_messages(record: Record) -> list[Message]:
     """Validate an SFT record and return its conversation."""
     data = record.data

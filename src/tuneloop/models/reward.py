@@ -41,7 +41,7 @@ import torch
 
 from tuneloop.atomic import atomic_write_text
 from tuneloop.data.chat import FALLBACK_TEMPLATE, TemplateError, render_text
-from tuneloop.data.formats import Message
+from tuneloop.data.formats import Message, plain_prompt_text
 from tuneloop.models.attention import attention_kernel
 from tuneloop.models.loading import LoraConfig, ModelConfig, load_tokenizer, resolve_model_name
 
@@ -99,14 +99,6 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-def plain_prompt_text(prompt: list[Message]) -> str:
-    """The encoder's prompt text: a single user turn as is; a conversation as "Role: text" blocks
-    joined by blank lines (e.g. "User: hi\\n\\nAssistant: hello\\n\\nUser: bye")."""
-    if len(prompt) == 1 and prompt[0]["role"] == "user":
-        return prompt[0]["content"]
-    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
 
 
 def truncation_lengths(prompt_len: int, response_len: int, budget: int) -> tuple[int, int]:

@@ -7,8 +7,10 @@ An RM whose recorded held-out accuracy is not above chance would turn RL into op
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tuneloop.models.reward import RewardModelInfo
+if TYPE_CHECKING:  # the models package is imported when a reward model is checked, not with rewards/
+    from tuneloop.models.reward import RewardModelInfo
 
 
 class WeakRewardModelError(ValueError):
@@ -18,6 +20,8 @@ class WeakRewardModelError(ValueError):
 def check_reward_model(path: str | Path, allow_weak: bool = False) -> RewardModelInfo:
     """The model's info if its held-out accuracy is above chance; otherwise raise (or, with
     ``allow_weak``, print a warning and return it)."""
+    from tuneloop.models.reward import RewardModelInfo
+
     info = RewardModelInfo.load(path)
     problem = None
     if info.eval_accuracy is None or info.eval_pairs == 0:
