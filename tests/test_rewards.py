@@ -18,7 +18,9 @@ from tuneloop.rewards import (
     WeakRewardModelError,
     check_reward_model,
     load_reward,
+    load_text_scorer,
 )
+from tuneloop.rewards.gold import readability, vader_sentiment
 
 
 def length_reward(response: str) -> float:
@@ -47,6 +49,20 @@ def test_callable_reward_errors_are_clear(tmp_path):
         load_reward(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="unknown gold scorer 'nope'"):
         load_reward("gold:nope")
+
+
+def test_text_scorers_for_the_rater_panel_come_from_one_loader(tmp_path):
+    assert load_text_scorer("vader") is vader_sentiment and load_text_scorer("gold:vader") is vader_sentiment
+    assert load_text_scorer("readability") is readability
+    module = tmp_path / "exclaim.py"
+    module.write_text("def score(text):\n    return float(text.count('!'))\n")
+    assert load_text_scorer(f"{module}:score")("a!b!") == 2.0
+    with pytest.raises(ValueError, match="a scorer is a gold scorer .* got 'vaderr'"):
+        load_text_scorer("vaderr")
+    with pytest.raises(ValueError, match="got 'gold:nope'"):
+        load_text_scorer("gold:nope")
+    with pytest.raises(ValueError, match="has no function 'nope'"):
+        load_text_scorer("json:nope")
 
 
 class _Handler(BaseHTTPRequestHandler):

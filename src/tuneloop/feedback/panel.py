@@ -43,11 +43,10 @@ STRENGTH_CUTS = (2.0, 1.0, 0.5)  # perceived gap in σ for significantly / bette
 
 
 def vader_scorer() -> Scorer:
-    """VADER's compound sentiment in [-1, 1] (the demo's gold scorer; works offline)."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    """VADER's compound sentiment in [-1, 1] (the demo's gold scorer; works offline): ``rewards.gold``'s."""
+    from tuneloop.rewards.gold import vader_sentiment
 
-    analyzer = SentimentIntensityAnalyzer()
-    return lambda text: float(analyzer.polarity_scores(text)["compound"])
+    return vader_sentiment
 
 
 @dataclass

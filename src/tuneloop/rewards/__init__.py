@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.rewards.base import Reward, WeightedMix
-from tuneloop.rewards.functions import CallableReward, load_function
+from tuneloop.rewards.functions import CallableReward, load_function, load_text_scorer
 from tuneloop.rewards.gate import WeakRewardModelError, check_reward_model
-from tuneloop.rewards.gold import GOLD_SCORERS
+from tuneloop.rewards.gold import GOLD_PREFIX, GOLD_SCORERS
 from tuneloop.rewards.http import HttpReward, RewardServiceError
-
-GOLD_PREFIX = "gold:"
 
 
 def load_reward(spec: Any, *, normalise: bool = True) -> Reward:
@@ -85,4 +83,5 @@ __all__ = [
     "WeightedMix",
     "check_reward_model",
     "load_reward",
+    "load_text_scorer",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from tuneloop.rewards.base import Prompt, as_scores, check_batch
+from tuneloop.rewards.gold import GOLD_PREFIX, GOLD_SCORERS
 
 
 def _wants_prompt(fn: Callable) -> bool:
@@ -43,6 +44,18 @@ class CallableReward:
         else:
             values = [self.fn(r) for r in responses]
         return as_scores(values, f"function {self.name}")
+
+
+def load_text_scorer(spec: str) -> Callable[[str], float]:
+    """A text → float scorer from a spec: a gold scorer (``vader``, ``readability``, or ``gold:vader``)
+    or a ``module:function`` / ``file.py:function``. The simulated rater panel judges with it."""
+    name = spec.removeprefix(GOLD_PREFIX)
+    if name in GOLD_SCORERS:
+        return GOLD_SCORERS[name]
+    if spec.startswith(GOLD_PREFIX) or ":" not in spec:
+        raise ValueError(f"a scorer is a gold scorer ({', '.join(sorted(GOLD_SCORERS))}) or "
+                         f"'module:function' / 'file.py:function', got {spec!r}")
+    return load_function(spec)
 
 
 def load_function(spec: str) -> Callable:

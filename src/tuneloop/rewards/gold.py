@@ -33,4 +33,5 @@ def readability(text: str) -> float:
     return float(textstat.flesch_reading_ease(text))
 
 
+GOLD_PREFIX = "gold:"  # optional in a spec: "gold:vader" and "vader" name the same scorer
 GOLD_SCORERS: dict[str, Callable[[str], float]] = {"vader": vader_sentiment, "readability": readability}
