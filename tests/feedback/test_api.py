@@ -142,10 +142,15 @@ def test_api_tokens_are_scoped_hashed_and_revocable(app_store):
 
 
 def test_login_and_submit_are_rate_limited(app_store):
-    c = client(app_store, login_limit=(3, 60.0), submit_limit=(2, 60.0))
+    from tuneloop.feedback.auth import LoginPolicy
+
+    c = client(app_store, login_limit=LoginPolicy(free_failures=3, first_delay_s=60.0), submit_limit=(2, 60.0))
     for _ in range(3):
-        c.post("/api/login", json={"name": "bob", "password": "wrong password"})
-    assert c.post("/api/login", json={"name": "bob", "password": ANN_PW}).status_code == 429
+        assert c.post("/api/login", json={"name": "bob", "password": "wrong password"}).status_code == 401
+    r = c.post("/api/login", json={"name": "bob", "password": ANN_PW})  # backing off: even the right one waits
+    assert r.status_code == 429 and int(r.headers["retry-after"]) == 60
+    assert r.json() == {"error": "too many failed logins for this name from this address; try again in 60 s",
+                        "field": None}
     other = client(app_store, submit_limit=(2, 60.0))
     csrf = login(other, "ann", ANN_PW)
     task = other.post("/api/tasks/next", headers={"X-CSRF-Token": csrf}).json()

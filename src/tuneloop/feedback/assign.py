@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 
 from tuneloop.feedback import schema as S
 from tuneloop.feedback.answers import validate_answer
+from tuneloop.feedback.aspects import parse_aspects
 from tuneloop.feedback.store import Store
 
 
@@ -134,6 +135,7 @@ def correction_task(store: Store, user_id: int, judgment_id: str) -> dict:
                         "served_at": old["served_at"], "expires_at": None}
         task = _task(conn, pseudo_lease, store.settings(conn))
     task["supersedes"] = old["id"]
+    task["previous"] = {"answer": old["answer"], "rationale": old["rationale"]}  # the page starts from it
     return task
 
 
@@ -145,7 +147,8 @@ def _task(conn: Connection, lease, cfg: dict) -> dict:
             "candidates": [{"id": cid, "text": rows[cid].text, "truncated": rows[cid].finish_reason == "length"}
                            for cid in lease["display_order"]],
             "served_at": lease["served_at"], "expires_at": lease["expires_at"],
-            "guideline_version": cfg["guideline_version"], "flags": cfg["flags"]}
+            "guideline_version": cfg["guideline_version"], "flags": cfg["flags"], "aspects": cfg["aspects"],
+            "ask_scores": item["kind"] == "rating" or bool(cfg["scores_on_comparisons"])}
 
 
 def submit(store: Store, user_id: int, body: dict[str, Any], now: float | None = None,
@@ -173,7 +176,8 @@ def submit(store: Store, user_id: int, body: dict[str, Any], now: float | None =
             row = _from_lease(conn, user_id, body, now, cfg)
         item = conn.execute(Q_ITEM_FOR_WRITE, {"b_item": row["item_id"]}).mappings().one()
         flag_names = [f[0] for f in cfg["flags"]]
-        answer = validate_answer(item["kind"], list(item["candidate_ids"]), body["answer"], flag_names)
+        answer = validate_answer(item["kind"], list(item["candidate_ids"]), body["answer"], flag_names,
+                                 parse_aspects(cfg["aspects"]))
         counts = not row["is_repeat"] and not row.get("supersedes")
         if counts and not item["is_gold"] and item["n_done"] >= cfg["overlap"]:
             raise Conflict(f"item {item['id']} already has its {cfg['overlap']} judgments")

@@ -38,8 +38,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="import candidates files (the output of `tuneloop sample`)")
     _db(p)
     p.add_argument("files", nargs="+", metavar="CANDIDATES")
-    p.add_argument("--mode", choices=["pairwise", "ranking"], default="pairwise",
-                   help="pairwise: one item per candidate pair; ranking: one K-way item per prompt")
+    p.add_argument("--mode", choices=["pairwise", "ranking", "rating"], default="pairwise",
+                   help="pairwise: one item per candidate pair; ranking: one K-way item per prompt; "
+                        "rating: one item per response, scored on every aspect")
     p.add_argument("--pairs-per-prompt", type=int, help="pairwise: draw this many pairs per prompt (default all)")
     p.add_argument("--gold", action="store_true", help="these are gold items: each record has 'gold_ranking'")
     p.add_argument("--seed", type=int, default=0)

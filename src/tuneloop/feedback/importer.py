@@ -2,7 +2,8 @@
 
 Each record becomes a prompt, its K candidates, and work items: in ``pairwise`` mode one item per
 candidate pair (all C(K,2) pairs, or ``pairs_per_prompt`` of them drawn with the seed); in
-``ranking`` mode one item holding all K. A record may carry ``"gold_ranking": [[best indices], ...]``;
+``ranking`` mode one item holding all K; in ``rating`` mode one item per candidate, scored on every
+aspect of the project (aspects.py). A record may carry ``"gold_ranking": [[best indices], ...]``;
 imported with ``gold=True`` its items become gold items with a known answer. Importing the same file
 again adds nothing (prompts are keyed by ``prompt_id``). Every record is validated before anything is
 written; a bad one raises DataError naming the file, line and field.
@@ -22,7 +23,7 @@ from tuneloop.data.loading import Record, read_records
 from tuneloop.feedback import schema as S
 from tuneloop.feedback.store import Store, opened
 
-MODES = ("pairwise", "ranking")
+MODES = ("pairwise", "ranking", "rating")
 FINISH_REASONS = ("eos", "length", "stop")
 MAX_TEXT_CHARS = 200_000
 
@@ -114,6 +115,8 @@ def import_candidates(store: Store | str | Path, path: str | Path, mode: str = "
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if pairs_per_prompt is not None and pairs_per_prompt < 1:
         raise ValueError(f"pairs_per_prompt must be ≥ 1, got {pairs_per_prompt}")
+    if mode == "rating" and gold:
+        raise ValueError("gold items are pairwise or ranking items (a rating item has no single right answer)")
     with opened(store) as db:
         parsed = [parse_candidates(r, gold) for r in read_records(path)]  # validate everything first
         rng = random.Random(seed)
@@ -141,7 +144,9 @@ def _insert(conn, cand: Candidates, mode: str, pairs_per_prompt: int | None, rng
         ids.append(conn.execute(insert(S.candidates).values(prompt_id=cand.prompt_id, idx=idx, text=textv,
                                                             tokens=tok, finish_reason=reason)).inserted_primary_key[0])
     rank_of = {i: r for r, g in enumerate(cand.gold_ranking or []) for i in g}
-    if mode == "ranking":
+    if mode == "rating":  # one item per response, scored on every aspect
+        units = [([cid], None) for cid in ids]
+    elif mode == "ranking":
         groups = [[ids[i] for i in sorted(g)] for g in cand.gold_ranking] if cand.gold_ranking else None
         units = [(ids, {"ranking": groups} if groups else None)]
     else:

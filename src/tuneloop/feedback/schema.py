@@ -97,7 +97,7 @@ items = Table(  # one unit of work: a prompt and the candidates to compare (2 = 
     "items", METADATA,
     Column("id", Integer, primary_key=True),
     Column("prompt_id", String(64), ForeignKey("prompts.prompt_id"), nullable=False),
-    Column("kind", String(16), nullable=False),  # "pairwise" | "ranking"
+    Column("kind", String(16), nullable=False),  # "pairwise" | "ranking" | "rating" (one response, every aspect)
     Column("candidate_ids", JSON, nullable=False),  # ascending candidate ids
     Column("is_gold", Boolean, nullable=False, default=False),
     Column("gold_answer", JSON),  # pairwise: {"winner": cid}; ranking: {"ranking": [[cid..], ..]}

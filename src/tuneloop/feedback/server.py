@@ -11,25 +11,31 @@ An annotator only ever sees their own judgments.
 """
 
 
+import logging
+import math
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Path as PathParam, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from markdown_it import MarkdownIt
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from tuneloop.feedback import assign
 from tuneloop.feedback.answers import AnswerError
-from tuneloop.feedback.auth import RateLimiter, verify_password
+from tuneloop.feedback.auth import LoginPolicy, LoginThrottle, RateLimiter, verify_password
+from tuneloop.feedback.guard import ApiError, RequestGuard, error_response, validation_error
 from tuneloop.feedback.store import Store
+
+log = logging.getLogger("tuneloop.feedback.server")
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "tl_session"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-LOGIN_LIMIT = (10, 60.0)  # attempts per minute, per client address and per user name
 SUBMIT_LIMIT = (30, 1.0)  # judgments per second per annotator (a person needs far fewer)
 PAGES = {"/login": "login.html", "/label": "label.html", "/admin": "admin.html"}
 
@@ -73,23 +79,42 @@ class Principal:
         self.scopes, self.csrf = scopes, csrf
 
 
-def create_app(store: Store, *, login_limit: tuple[int, float] | None = LOGIN_LIMIT,
+def create_app(store: Store, *, login_limit: LoginPolicy | None = LoginPolicy(),
                submit_limit: tuple[int, float] | None = SUBMIT_LIMIT, secure_cookies: bool = False) -> FastAPI:
-    """The app over ``store``. Pass ``submit_limit=None`` for simulated raters and load tests."""
+    """The app over ``store``. Pass ``login_limit=None, submit_limit=None`` for simulated raters and load tests."""
     app = FastAPI(title="tuneloop labelling", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestGuard)  # body limit and strict JSON, before any route parses
+    app.add_middleware(SecurityHeaders)  # added last = outermost: the guard's refusals get the headers too
     principal = _principal_dependency(store)
     _page_routes(app)
-    _session_routes(app, store, principal, RateLimiter(*login_limit) if login_limit else None, secure_cookies)
+    _session_routes(app, store, principal, LoginThrottle(login_limit) if login_limit else None, secure_cookies)
     _judge_routes(app, store, _needs(principal, "judge"), RateLimiter(*submit_limit) if submit_limit else None)
     _admin_routes(app, store, _needs(principal, "read"), _needs(principal, "admin"))
+    _error_handlers(app)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error leaves in one shape, {"error", "field"}, bounded and without the submitted values."""
+
+    @app.exception_handler(ApiError)
+    def api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.field, exc.headers)
 
     @app.exception_handler(HTTPException)
-    def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    def http_error(request: Request, exc: HTTPException):  # unknown route, wrong method
+        return error_response(exc.status_code, str(exc.detail), None, exc.headers)
 
-    return app
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, exc: RequestValidationError):
+        message, field = validation_error(list(exc.errors()))
+        return error_response(422, message, field)
+
+    @app.exception_handler(Exception)
+    def internal(request: Request, exc: Exception):  # a bug: logged here, never described to the client
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; the server log has the details")
 
 
 def _principal_dependency(store: Store):
@@ -100,18 +125,19 @@ def _principal_dependency(store: Store):
         if auth.lower().startswith("bearer "):
             found = store.resolve_token(auth[7:].strip())
             if found is None:
-                raise HTTPException(401, "invalid or revoked API token")
+                raise ApiError(401, "invalid or revoked API token")
             user, scopes = found
             return Principal(user, set(scopes), None)
         cookie = request.cookies.get(COOKIE)
         found = store.resolve_session(cookie) if cookie else None
         if found is None:
-            raise HTTPException(401, "log in first")
+            raise ApiError(401, "log in first")
         user, csrf = found
         if request.method not in ("GET", "HEAD"):
-            sent = request.headers.get("x-csrf-token", "")
-            if not sent or not secrets.compare_digest(sent, csrf):
-                raise HTTPException(403, "missing or wrong CSRF token")
+            # compare bytes: compare_digest refuses str with non-ASCII characters (a header may hold any)
+            sent = request.headers.get("x-csrf-token", "").encode("utf-8", "surrogateescape")
+            if not sent or not secrets.compare_digest(sent, csrf.encode()):
+                raise ApiError(403, "missing or wrong CSRF token")
         scopes = {"judge", "read", "admin"} if user["role"] == "admin" else {"judge"}
         return Principal(user, scopes, csrf)
 
@@ -121,7 +147,7 @@ def _principal_dependency(store: Store):
 def _needs(principal, scope: str):
     def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
         if scope not in who.scopes:
-            raise HTTPException(403, f"this needs the '{scope}' permission")
+            raise ApiError(403, f"this needs the '{scope}' permission")
         return who
     return Annotated[Principal, Depends(check)]
 
@@ -134,27 +160,36 @@ def _page_routes(app: FastAPI) -> None:
     for route, filename in PAGES.items():
         app.add_api_route(route, _page(filename), methods=["GET"], include_in_schema=False)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():  # browsers ask for it on every page; an SVG answers (Chromium and Firefox accept it)
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str):
         path = STATIC / name
         if "/" in name or ".." in name or not path.is_file():
-            raise HTTPException(404, "not found")
+            raise ApiError(404, "not found")
         return FileResponse(path)
 
 
-def _session_routes(app: FastAPI, store: Store, principal, login_rl: RateLimiter | None, secure: bool) -> None:
+def _session_routes(app: FastAPI, store: Store, principal, throttle: LoginThrottle | None, secure: bool) -> None:
     Anyone = Annotated[Principal, Depends(principal)]
 
     @app.post("/api/login")
     def login(body: Login, request: Request, response: Response):
         _same_origin(request)
         client = request.client.host if request.client else "?"
-        if login_rl and not (login_rl.allow(f"ip:{client}") and login_rl.allow(f"name:{body.name}")):
-            raise HTTPException(429, "too many login attempts; wait a minute")
+        wait = throttle.begin(body.name, client) if throttle else 0.0
+        if wait > 0:
+            seconds = math.ceil(wait)
+            raise ApiError(429, f"too many failed logins for this name from this address; try again in {seconds} s",
+                           headers={"Retry-After": str(seconds)})
         with store.read() as conn:
             user = store.user(conn, name=body.name)
         if not verify_password(user["password_hash"] if user else None, body.password) or user["disabled"]:
-            raise HTTPException(401, "wrong name or password")
+            raise ApiError(401, "wrong name or password")
+        if throttle:
+            throttle.succeeded(body.name, client)
         secret, csrf = store.create_session(user["id"])
         response.set_cookie(COOKIE, secret, httponly=True, samesite="strict", secure=secure, path="/")
         return {"name": user["name"], "role": user["role"], "csrf": csrf}
@@ -174,6 +209,9 @@ def _session_routes(app: FastAPI, store: Store, principal, login_rl: RateLimiter
                 "stats": annotator_summary(store, who.id)}
 
 
+JudgmentId = Annotated[str, PathParam(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 def _judge_routes(app: FastAPI, store: Store, Judge, submit_rl: RateLimiter | None) -> None:
     @app.post("/api/tasks/next")
     def next_task(who: Judge):
@@ -182,31 +220,31 @@ def _judge_routes(app: FastAPI, store: Store, Judge, submit_rl: RateLimiter | No
     @app.post("/api/judgments")
     def submit(body: JudgmentIn, who: Judge):
         if submit_rl and not submit_rl.allow(str(who.id)):
-            raise HTTPException(429, "too many submissions; slow down")
+            raise ApiError(429, "too many submissions; slow down")
         if bool(body.lease_id) == bool(body.supersedes):
-            raise HTTPException(422, "give either lease_id (a new judgment) or supersedes (a correction)")
+            raise ApiError(422, "give either lease_id (a new judgment) or supersedes (a correction)", "lease_id")
         try:
             status, row, following = assign.submit(store, who.id, body.model_dump(), with_next=True)
         except AnswerError as err:
-            raise HTTPException(422, str(err)) from None
+            raise ApiError(422, str(err), err.field) from None
         except assign.Conflict as err:
-            raise HTTPException(409, str(err)) from None
+            raise ApiError(409, str(err)) from None
         except assign.NotFound as err:
-            raise HTTPException(404, str(err)) from None
+            raise ApiError(404, str(err)) from None
         return JSONResponse({"status": status, "judgment": _public(row), "next": _with_html(following)})
 
     @app.get("/api/judgments/mine")
-    def mine(who: Judge, limit: int = 50):
+    def mine(who: Judge, limit: Annotated[int, Query(ge=1, le=1000)] = 50):
         with store.read() as conn:
             rows = assign.current_judgments(conn, who.id)
-        return {"judgments": [_public(r) for r in rows[-max(1, min(limit, 1000)):]]}
+        return {"judgments": [_public(r) for r in rows[-limit:]]}
 
     @app.get("/api/judgments/{judgment_id}/task")
-    def correction_task(judgment_id: str, who: Judge):
+    def correction_task(judgment_id: JudgmentId, who: Judge):
         try:
             return JSONResponse(_with_html(assign.correction_task(store, who.id, judgment_id)))
         except assign.NotFound as err:
-            raise HTTPException(404, str(err)) from None
+            raise ApiError(404, str(err)) from None
 
 
 def _admin_routes(app: FastAPI, store: Store, Reader, Admin) -> None:
@@ -217,13 +255,14 @@ def _admin_routes(app: FastAPI, store: Store, Reader, Admin) -> None:
         return quality_report(store)
 
     @app.get("/api/admin/export/{what}")
-    def export(what: str, who: Reader, aggregate: str = "majority"):
+    def export(what: Literal["pairs.jsonl", "rankings.jsonl", "judgments.jsonl"], who: Reader,
+               aggregate: Literal["majority", "soft", "none", "bradley_terry", "ranked_pairs"] = "majority"):
         from tuneloop.feedback.export import export_text
 
         try:
             body, media = export_text(store, what, aggregate=aggregate)
         except ValueError as err:
-            raise HTTPException(422, str(err)) from None
+            raise ApiError(422, str(err), "aggregate") from None
         return PlainTextResponse(body, media_type=media,
                                  headers={"Content-Disposition": f'attachment; filename="{what}"'})
 
@@ -267,7 +306,7 @@ def _same_origin(request: Request) -> None:
     """Refuse a login posted from another site (login CSRF); browsers always send Origin on POST."""
     origin = request.headers.get("origin")
     if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
-        raise HTTPException(403, "cross-site request refused")
+        raise ApiError(403, "cross-site request refused")
 
 
 def _with_html(task: dict | None) -> dict | None:

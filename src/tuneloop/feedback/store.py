@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, create_engine, event, func, insert, select, te
 from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.feedback import schema as S
+from tuneloop.feedback.aspects import DEFAULT_ASPECTS, parse_aspects
 from tuneloop.feedback.invariants import invariant_problems
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -45,6 +46,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         ["harmful", "harmful or offensive", "x"],
         ["inappropriate", "inappropriate for an assistant", "a"],
     ],
+    "aspects": DEFAULT_ASPECTS,  # what responses are scored on (aspects.py): rating items ask for every one
+    "scores_on_comparisons": False,  # pairwise and ranking pages ask for aspect scores as well
 }
 
 
@@ -189,7 +192,7 @@ class Store:
         expected = type(DEFAULT_SETTINGS[key])
         if expected is float and isinstance(value, int):
             value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise ValueError(f"setting {key!r} must be {expected.__name__}, got {value!r}")
         if key in ("overlap", "lease_seconds") and value < 1:
             raise ValueError(f"setting {key!r} must be ≥ 1, got {value}")
@@ -198,6 +201,10 @@ class Store:
         if key == "flags" and not all(isinstance(f, list) and len(f) == 3 and all(isinstance(x, str) for x in f)
                                       and len(f[2]) == 1 for f in value):
             raise ValueError("setting 'flags' must be a list of [name, label, one-character key]")
+        if key in ("flags", "aspects"):  # aspect keys must not collide with flag keys, either way round
+            current = self.settings()
+            flags, aspects = (value, current["aspects"]) if key == "flags" else (current["flags"], value)
+            parse_aspects(aspects, {f[2] for f in flags})
         with self.write() as conn:
             done = conn.execute(update(S.settings).where(S.settings.c.key == key).values(value=value)).rowcount
             if not done:
