@@ -1,6 +1,7 @@
 """``tuneloop inspect``: look at data before training on it.
 
-  inspect data FILE        validate and summarise (format, records, token lengths); exit 2 if invalid
+  inspect data FILE        validate every record and summarise (format, records, token lengths); a bad
+                           record (a missing field included) names file, line and field; exit 2
   inspect masks FILE       show which tokens are trained (green in a terminal, [[…]] otherwise)
   inspect batch-plan       how a config's batch becomes micro-batches, steps and epochs
 """
@@ -10,32 +11,90 @@ from __future__ import annotations
 import sys
 
 from tuneloop.data import load_records
-from tuneloop.data.chat import render_with_mask
-from tuneloop.data.formats import detect_format, prompt_messages, sft_messages
+from tuneloop.data.chat import render_prompt, render_with_mask
+from tuneloop.data.formats import FORMATS, Message, detect_format, prompt_messages, sft_messages
+
+
+def length_stats(lengths: list[int]) -> dict[str, int]:
+    """min, median, 95th percentile and max of token lengths (nearest rank)."""
+    ordered = sorted(lengths) or [0]
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"min": ordered[0], "median": at(0.5), "p95": at(0.95), "max": ordered[-1]}
 
 
 def inspect_data(path: str, model_name: str, max_length: int, write=print) -> dict:
+    """Validate every record of ``path`` (a DataError names the file, line and field) and summarise it."""
     from tuneloop.data.sft import tokenize_sft
     from tuneloop.models.loading import load_tokenizer
 
     records = load_records(path)
     fmt = detect_format(records)
-    info: dict = {"file": path, "format": fmt, "records": len(records)}
+    info: dict = {"file": path, "format": f"{fmt}: {FORMATS[fmt]}", "records": len(records)}
     if fmt.startswith("sft"):
-        tokenizer = load_tokenizer(model_name)
-        _, stats = tokenize_sft(records, tokenizer, max_length)
+        _, stats = tokenize_sft(records, load_tokenizer(model_name), max_length)
         info.update(stats.summary())
     elif fmt.startswith("prompt"):
-        from tuneloop.data.chat import render_prompt
-        from tuneloop.models.loading import load_tokenizer
-
+        prompts = [prompt_messages(r) for r in records]
         tokenizer = load_tokenizer(model_name)
-        lengths = sorted(len(render_prompt(tokenizer, prompt_messages(r))) for r in records)
-        info.update({"prompt_tokens_min": lengths[0], "prompt_tokens_median": lengths[len(lengths) // 2],
-                     "prompt_tokens_max": lengths[-1]})
+        info["prompt_tokens"] = length_stats([len(render_prompt(tokenizer, p)) for p in prompts])
+    elif fmt.startswith("preference") or fmt == "ranking":
+        info.update(_preference_summary(records, load_tokenizer(model_name), max_length))
+    elif fmt == "unpaired":
+        from tuneloop.data.preferences import unpaired_example
+
+        examples = [unpaired_example(r) for r in records]
+        info["desirable"] = sum(e.desirable for e in examples)
+        info["undesirable"] = len(examples) - info["desirable"]
     for key, value in info.items():
-        write(f"{key:>18}: {value}")
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        write(f"{key:>22}: {value}")
     return info
+
+
+def _preference_summary(records, tokenizer, max_length: int) -> dict:
+    """Pairs and rankings (validated all before tokenising), their prompts and token lengths.
+
+    A reply's tokens are the trained (assistant) tokens of prompt + reply rendered with the chat
+    template; ``over_max_length`` counts pairs or rankings whose prompt + longest reply exceeds
+    ``max_length`` (training truncates them)."""
+    from tuneloop.data.preferences import Ranking, is_ranking, preference_pair, ranking
+
+    items = [ranking(r) if is_ranking(r) else preference_pair(r) for r in records]
+    pairs = [x for x in items if not isinstance(x, Ranking)]
+    rankings = [x for x in items if isinstance(x, Ranking)]
+    prompt_tokens: dict[str, int] = {}
+
+    def prompt_len(group: str, prompt: list[Message]) -> int:
+        if group not in prompt_tokens:
+            prompt_tokens[group] = len(render_prompt(tokenizer, prompt))
+        return prompt_tokens[group]
+
+    def reply(prompt: list[Message], response: list[Message]) -> tuple[int, int]:
+        """(reply tokens, whole rendered length)."""
+        doc = render_with_mask(tokenizer, prompt + response)
+        return doc.trained_tokens, len(doc)
+
+    out: dict = {}
+    too_long = 0
+    if pairs:
+        chosen = [reply(p.prompt, p.chosen) for p in pairs]
+        rejected = [reply(p.prompt, p.rejected) for p in pairs]
+        too_long += sum(max(c[1], r[1]) > max_length for c, r in zip(chosen, rejected))
+        out.update({"pairs": len(pairs), "ties": sum(p.tie for p in pairs),
+                    "with_margin": sum(p.margin > 0 for p in pairs)})
+        out["chosen_tokens"] = length_stats([c[0] for c in chosen])
+        out["rejected_tokens"] = length_stats([r[0] for r in rejected])
+    if rankings:
+        completions = [[reply(k.prompt, c) for c in k.completions] for k in rankings]
+        too_long += sum(max(length for _, length in row) > max_length for row in completions)
+        out["rankings"] = len(rankings)
+        out["completions_per_ranking"] = length_stats([len(k.completions) for k in rankings])
+        out["completion_tokens"] = length_stats([n for row in completions for n, _ in row])
+    out["prompts"] = len({x.group for x in items})
+    out["prompt_tokens"] = length_stats([prompt_len(x.group, x.prompt) for x in items])
+    out[f"over_max_length_{max_length}"] = too_long
+    return out
 
 
 def inspect_masks(path: str, model_name: str, count: int, color: bool | None = None, write=print) -> None:

@@ -5,6 +5,8 @@ SFT records:
   ``{"prompt": "...", "completion": "..."}`` (either side may also be a list of messages)
 Prompt records (for sampling and RL):
   ``{"prompt": "..."}`` or ``{"messages": [...]}`` ending on a user turn.
+Preference, ranking and unpaired records are validated in ``data.preferences``; ``detect_format``
+names every format (``FORMATS``) for ``tuneloop inspect data``.
 
 Roles are ``system``, ``user`` and ``assistant``. Every content is a non-empty string. An SFT
 record must contain at least one assistant turn: it is what the loss trains on.
@@ -121,15 +123,36 @@ def prompt_messages(record: Record) -> list[Message]:
     raise record.error(f"expected 'prompt' or 'messages'; found keys {sorted(data)}")
 
 
+FORMATS = {
+    "sft-messages": "SFT conversations ('messages' with assistant turns)",
+    "sft-prompt-completion": "SFT pairs ('prompt', 'completion')",
+    "prompt": "prompts ('prompt')",
+    "prompt-messages": "prompts ('messages' ending on a user turn)",
+    "preference": "preference pairs ('prompt', 'chosen', 'rejected')",
+    "preference-implicit": "preference pairs without a prompt ('chosen', 'rejected' conversations or "
+                           "transcripts sharing every turn but the last reply)",
+    "ranking": "rankings ('prompt', 'completions', 'ranking')",
+    "unpaired": "unpaired judgments ('prompt', 'completion', 'label')",
+    "candidates": "sampled candidates ('prompt', 'completions')",
+}
+
+
 def detect_format(records: Sequence[Record]) -> str:
-    """Name the format of a file from its first record (for `tuneloop inspect data`)."""
+    """Name the format of a file from its first record's keys (a key of ``FORMATS``).
+
+    A record with either preference field (``chosen`` or ``rejected``) is a preference pair, with or
+    without a prompt; one with ``ranking`` is a ranking. So a record that lacks a field its format
+    needs ({"prompt", "chosen"}) is recognised, and validating it names the missing field.
+    """
     keys = set(records[0].data)
-    if {"chosen", "rejected"} <= keys:
-        return "preference"
-    if {"completions", "ranking"} <= keys:
+    if keys & {"chosen", "rejected"}:
+        return "preference" if keys & {"prompt", "prompt_messages"} else "preference-implicit"
+    if "ranking" in keys:
         return "ranking"
     if "completions" in keys:
         return "candidates"
+    if "label" in keys:
+        return "unpaired"
     if "messages" in keys:
         messages = records[0].data["messages"]
         if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
@@ -140,5 +163,5 @@ def detect_format(records: Sequence[Record]) -> str:
         return "sft-prompt-completion"
     if "prompt" in keys:
         return "prompt"
-    raise DataError(records[0].path, f"unrecognised record format; keys {sorted(keys)}", line=records[0].line,
-                    where=records[0].where)
+    raise DataError(records[0].path, f"unrecognised record format; keys {sorted(keys)}; expected one of: "
+                    + "; ".join(FORMATS.values()), line=records[0].line, where=records[0].where)
