@@ -38,11 +38,26 @@ def test_store_opened_from_a_path_is_closed_again(tmp_path):
 
 
 def test_scorer_is_pluggable_and_noise_can_be_fixed(tmp_path):
-    """A scorer that prefers longer texts and no noise: every annotator agrees on every pair."""
-    src = write_candidates(tmp_path / "c.jsonl", 6, k=3)
+    """A scorer that prefers longer texts and σ = 1e-9: the three candidates of a prompt differ in length
+    by ≥ 1 character, a gold gap ≥ 0.01 = 10^7 σ, so every annotator orders every pair by length and
+    agreement is exactly 1; every exported pair's chosen reply is the longer one (VADER would not do that:
+    the longest text below is the most negative)."""
+    import random
+
+    from labeldata import candidates_record
+
+    from tuneloop.feedback import export_pairs
+
+    texts = ["Awful, awful, dreadful and dull.", "Good.", "A fine film."]  # lengths 32, 5, 12: all distinct
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps(candidates_record(i, 3, random.Random(i), texts=texts)) + "\n"
+                           for i in range(6)))
     result = simulate(tmp_path / "labels.db", src, num_annotators=3, overlap=3, scorer=lambda t: len(t) / 100,
                       noise=1e-9)
-    assert result.measured_agreement == pytest.approx(1.0) or result.measured_agreement > 0.95
+    assert result.measured_agreement == 1.0
+    assert export_pairs(tmp_path / "labels.db", tmp_path / "pairs.jsonl") == 6 * 3  # 3 pairs per prompt
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert all(len(p["chosen"]) > len(p["rejected"]) for p in pairs), pairs[0]
 
 
 def test_simulate_from_async_code(tmp_path):
