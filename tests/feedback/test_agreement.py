@@ -12,12 +12,16 @@ from tuneloop.feedback.aggregate import (
     soft_pair,
 )
 from tuneloop.feedback.agreement import (
+    Metric,
+    adjust_score,
     average_ranks,
     cohen_kappa,
     fleiss_kappa,
     kendall_tau_b,
     kendall_w,
+    krippendorff_alpha,
     krippendorff_alpha_nominal,
+    rater_offset_scale,
     raw_agreement,
     wilson_interval,
 )
@@ -148,3 +152,57 @@ def test_expected_agreement_of_two_noisy_raters():
     assert expected_agreement([0.0], 0.3) == pytest.approx(0.5, abs=1e-12)
     sigma = calibrate_sigma([0.1, 0.5, -0.3, 1.0], 0.75)
     assert expected_agreement([0.1, 0.5, -0.3, 1.0], sigma) == pytest.approx(0.75, abs=1e-6)
+
+
+# -- scores: Krippendorff's α for interval and ordinal data, rater offset and scale -------------------------
+
+
+def test_krippendorff_alpha_interval_ordinal_nominal_by_hand():
+    """Units [1, 2], [2, 3], [3, 3] (two raters each). Coincidences: o12 = o21 = o23 = o32 = 1, o33 = 2;
+    n_1 = 1, n_2 = 2, n_3 = 3, n = 6.
+
+    interval δ² = (c − k)²: D_o = (1 + 1 + 1 + 1) / 6 = 2/3; D_e = 2(1·2·1 + 1·3·4 + 2·3·1) / 30 = 40/30;
+      α = 1 − (2/3) / (4/3) = 0.5.
+    ordinal δ²(c, k) = (Σ_{g=c..k} n_g − (n_c + n_k)/2)²: δ²12 = (3 − 1.5)² = 2.25, δ²23 = (5 − 2.5)² = 6.25,
+      δ²13 = (6 − 2)² = 16; D_o = 2(2.25 + 6.25) / 6 = 17/6; D_e = 2(1·2·2.25 + 1·3·16 + 2·3·6.25) / 30 = 6;
+      α = 1 − 17/36 = 19/36.
+    nominal: D_o = 4/6; D_e = 2(2 + 3 + 6) / 30 = 22/30; α = 1 − 120/132 = 1/11.
+    """
+    units = [[1, 2], [2, 3], [3, 3]]
+    assert krippendorff_alpha(units, Metric.INTERVAL) == pytest.approx(0.5, abs=1e-12)
+    assert krippendorff_alpha(units, Metric.ORDINAL) == pytest.approx(19 / 36, abs=1e-12)
+    assert krippendorff_alpha(units, Metric.NOMINAL) == pytest.approx(1 / 11, abs=1e-12)
+
+
+def test_krippendorff_alpha_matches_krippendorffs_published_example():
+    """Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", §C–E: 4 observers, 12 units,
+    missing values; published α: nominal 0.743, ordinal 0.815, interval 0.849."""
+    n = None
+    rows = [[1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
+            [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n]]
+    units = [[x for x in column if x is not None] for column in zip(*rows)]
+    assert round(krippendorff_alpha(units, Metric.NOMINAL), 3) == 0.743
+    assert round(krippendorff_alpha(units, Metric.ORDINAL), 3) == 0.815
+    assert round(krippendorff_alpha(units, Metric.INTERVAL), 3) == 0.849
+
+
+def test_krippendorff_alpha_limiting_cases():
+    assert krippendorff_alpha([[4, 4], [2, 2, 2], [5, 5]], Metric.INTERVAL) == 1.0  # perfect agreement
+    assert krippendorff_alpha([[3, 3], [3, 3]], Metric.ORDINAL) is None  # no variation: undefined
+    assert krippendorff_alpha([[1], [2]], Metric.INTERVAL) is None  # nothing pairable
+    # with two values only, ordinal and interval distances are proportional: the same α as nominal
+    units = [[1, 2], [1, 1], [2, 2], [2, 1], [1, 1]]
+    assert krippendorff_alpha(units, Metric.INTERVAL) == pytest.approx(krippendorff_alpha(units), abs=1e-12)
+    assert krippendorff_alpha(units, Metric.ORDINAL) == pytest.approx(krippendorff_alpha(units), abs=1e-12)
+
+
+def test_rater_offset_and_scale_by_hand():
+    """Units {a: 5, b: 3}, {a: 4, b: 2}, {a: 5, b: 3}. a: mean 14/3; pooled mean 22/6 = 11/3 → offset +1;
+    b: mean 8/3 → offset −1. σ_a² = (1/9 + 4/9 + 1/9)/3 = 2/9; σ_pool² = (16 + 4 + 1 + 25 + 16 + 4)/9/6 = 11/9;
+    scale = √(2/11) for both. Adjusted: a's 5 → 11/3 + (5 − 14/3)/√(2/11) = 11/3 + (1/3)·√(11/2)."""
+    stats = rater_offset_scale({1: {"a": 5, "b": 3}, 2: {"a": 4, "b": 2}, 3: {"a": 5, "b": 3}, 4: {"a": 1}})
+    assert stats["a"]["offset"] == pytest.approx(1.0, abs=1e-12) and stats["b"]["offset"] == pytest.approx(-1.0)
+    assert stats["a"]["scale"] == pytest.approx((2 / 11) ** 0.5, abs=1e-12) and stats["a"]["n"] == 3  # unit 4 alone
+    assert adjust_score(5, stats["a"]) == pytest.approx(11 / 3 + (5.5 ** 0.5) / 3, abs=1e-12)
+    flat = rater_offset_scale({1: {"a": 3, "b": 3}})  # no spread: scale undefined, adjustment = offset only
+    assert flat["a"]["scale"] is None and adjust_score(3, flat["a"]) == 3.0

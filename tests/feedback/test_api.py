@@ -211,3 +211,33 @@ def test_submit_validation_errors_are_422(app_store):
     assert r.status_code == 422 and "answer.winner" in r.json()["error"]
     assert c.post("/api/judgments", json={**bad, "id": "x"}, headers=h).status_code == 422
     assert c.post("/api/judgments", json={**bad, "extra": 1}, headers=h).status_code == 422
+
+
+def test_markdown_images_show_as_text_with_their_url_and_bidi_controls_are_visible():
+    html = render_markdown("look: ![a cat](http://127.0.0.2:9/cat.png) \u202eevil\u202c \u2066x\u2069")
+    assert "<img" not in html and "<a" not in html  # not loaded, not a link
+    assert "[image: a cat] (http://127.0.0.2:9/cat.png)" in html
+    assert "\u202e" not in html and "[U+202E]evil[U+202C]" in html and "[U+2066]x[U+2069]" in html
+
+
+def test_tasks_neutralise_bidi_controls_in_prompt_and_candidates(app_store, tmp_path):
+    import json as _json
+
+    from labeldata import candidates_record
+    import random
+
+    record = candidates_record(77, 2, random.Random(0), texts=["safe \u202egnp.exe", "plain"])
+    record["prompt"] = "rate \u202ethis"
+    record["messages"] = [{"role": "user", "content": record["prompt"]}]
+    (tmp_path / "bidi.jsonl").write_text(_json.dumps(record) + "\n")
+    import_candidates(app_store, tmp_path / "bidi.jsonl")
+    c = client(app_store)
+    csrf = login(c, "ann", ANN_PW)
+    for _ in range(10):
+        task = c.post("/api/tasks/next", headers={"X-CSRF-Token": csrf}).json()
+        if task["prompt"].startswith("rate"):
+            break
+        judge(c, csrf, task)
+    assert task["prompt"] == "rate [U+202E]this"
+    assert "safe [U+202E]gnp.exe" in [x["text"] for x in task["candidates"]]
+    assert all("\u202e" not in x["html"] for x in task["candidates"])

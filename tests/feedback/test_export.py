@@ -79,7 +79,7 @@ def test_simulated_session_exports_what_the_reward_model_reads(tmp_path, request
     manifest = export_all(db, tmp_path / "export")
     out = tmp_path / "export"
     assert sorted(p.name for p in out.iterdir()) == ["judgments.jsonl", "manifest.json", "pairs.jsonl",
-                                                     "rankings.jsonl"]
+                                                     "rankings.jsonl", "scores.jsonl"]
     pairs = [preference_pair(r) for r in read_records(out / "pairs.jsonl")]
     rankings = [ranking(r) for r in read_records(out / "rankings.jsonl")]
     assert len(pairs) == 8 * 3 and len(rankings) == 4 * 2

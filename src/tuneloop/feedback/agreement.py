@@ -6,7 +6,10 @@ pages and ``tuneloop label stats`` print that as "undefined" rather than a misle
 - ``raw_agreement``: share of agreeing rater pairs within units (pooled).
 - ``cohen_kappa``: two raters, nominal (Cohen 1960).
 - ``fleiss_kappa``: m raters per unit, nominal (Fleiss 1971).
-- ``krippendorff_alpha_nominal``: any number of raters per unit, missing allowed (Krippendorff 2011).
+- ``krippendorff_alpha``: any number of raters per unit, missing allowed, with a ``Metric``: nominal,
+  interval or ordinal (Krippendorff 2011, "Computing Krippendorff's alpha-reliability", §C–E).
+- ``rater_offset_scale``: how lenient (offset) and how spread out (scale) each rater's scores are,
+  against everyone's scores on the same units; ``adjust_score`` undoes both.
 - ``kendall_w``: concordance of m rankings of n objects, tie-corrected (Kendall & Babington Smith 1939).
 - ``kendall_tau_b``: rank correlation of two rankings with ties (Kendall 1945).
 - ``wilson_interval``: score interval for a binomial proportion (Wilson 1927).
@@ -15,8 +18,10 @@ pages and ``tuneloop label stats`` print that as "undefined" rather than a misle
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from enum import Enum
 
 Label = Hashable
 
@@ -60,8 +65,8 @@ def fleiss_kappa(units: Sequence[Sequence[Label]]) -> float | None:
     return None if math.isclose(p_e, 1.0) else (p_bar - p_e) / (1 - p_e)
 
 
-def krippendorff_alpha_nominal(units: Sequence[Sequence[Label]]) -> float | None:
-    """α = 1 − D_o / D_e from the coincidence matrix; units with < 2 labels are not pairable."""
+def _coincidences(units: Sequence[Sequence[Label]]) -> Counter:
+    """o_ck = Σ_u (ordered pairs of values c, k from different raters in u) / (m_u − 1), units with m_u ≥ 2."""
     coincidence: Counter = Counter()
     for labels in units:
         m = len(labels)
@@ -70,17 +75,99 @@ def krippendorff_alpha_nominal(units: Sequence[Sequence[Label]]) -> float | None
         counts = Counter(labels)
         for c, nc in counts.items():
             for k, nk in counts.items():
-                pairs = nc * (nc - 1) if c == k else nc * nk
-                coincidence[(c, k)] += pairs / (m - 1)
+                coincidence[(c, k)] += (nc * (nc - 1) if c == k else nc * nk) / (m - 1)
+    return coincidence
+
+
+def _nominal(values: list, n_c: Mapping) -> Callable[[Label, Label], float]:
+    return lambda c, k: 0.0 if c == k else 1.0
+
+
+def _interval(values: list, n_c: Mapping) -> Callable[[Label, Label], float]:
+    return lambda c, k: float(c - k) ** 2
+
+
+def _ordinal(values: list, n_c: Mapping) -> Callable[[Label, Label], float]:
+    """δ²(c, k) = (Σ_{g from c to k} n_g − (n_c + n_k) / 2)²: distance in ranks of the pooled values."""
+    position = {v: i for i, v in enumerate(values)}
+    cumulative = [0.0]
+    for v in values:
+        cumulative.append(cumulative[-1] + n_c[v])
+
+    def delta(c, k):
+        lo, hi = sorted((position[c], position[k]))
+        return (cumulative[hi + 1] - cumulative[lo] - (n_c[c] + n_c[k]) / 2) ** 2
+    return delta
+
+
+class Metric(Enum):
+    """How far apart two values are for Krippendorff's α (the squared difference function δ²)."""
+
+    NOMINAL = "nominal"  # any two different labels are equally far apart
+    INTERVAL = "interval"  # scores: squared difference
+    ORDINAL = "ordinal"  # ordered categories: squared distance in pooled ranks
+
+
+_DISTANCES = {Metric.NOMINAL: _nominal, Metric.INTERVAL: _interval, Metric.ORDINAL: _ordinal}
+
+
+def krippendorff_alpha(units: Sequence[Sequence[Label]], metric: Metric = Metric.NOMINAL) -> float | None:
+    """α = 1 − D_o / D_e from the coincidence matrix; units with < 2 labels are not pairable.
+
+    D_o = (1/n) Σ_c Σ_k o_ck δ²(c, k),  D_e = 1/(n(n − 1)) Σ_c Σ_k n_c n_k δ²(c, k),  n = Σ_c n_c.
+    None when fewer than two pairable values or no expected disagreement (every value the same).
+    """
+    coincidence = _coincidences(units)
     n_c: Counter = Counter()
     for (c, _k), value in coincidence.items():
         n_c[c] += value
     n = sum(n_c.values())
     if n <= 1:
         return None
-    d_o = sum(v for (c, k), v in coincidence.items() if c != k) / n
-    d_e = sum(n_c[c] * n_c[k] for c in n_c for k in n_c if c != k) / (n * (n - 1))
+    values = sorted(n_c) if metric is not Metric.NOMINAL else list(n_c)
+    delta = _DISTANCES[metric](values, n_c)
+    d_o = sum(v * delta(c, k) for (c, k), v in coincidence.items()) / n
+    d_e = sum(n_c[c] * n_c[k] * delta(c, k) for c in values for k in values) / (n * (n - 1))
     return None if d_e == 0 else 1 - d_o / d_e
+
+
+def krippendorff_alpha_nominal(units: Sequence[Sequence[Label]]) -> float | None:
+    """Krippendorff's α for nominal labels (the pairwise and ranking labels "lo", "hi", "tie", ...)."""
+    return krippendorff_alpha(units, Metric.NOMINAL)
+
+
+def rater_offset_scale(units: Mapping[Hashable, Mapping[Hashable, float]]) -> dict[Hashable, dict]:
+    """Per rater, over the units they scored that someone else scored too:
+
+    offset = μ_r − μ_pool (positive: lenient, negative: harsh) and scale = σ_r / σ_pool (> 1: uses more
+    of the scale than the others), where μ_r, σ_r are the mean and population standard deviation of the
+    rater's own scores and μ_pool, σ_pool those of every score on the same units (the rater's included).
+    Returns {rater: {"n", "offset", "scale", "mean", "pool_mean"}}; scale is None when σ_pool = 0.
+    """
+    mine: dict[Hashable, list[float]] = {}
+    pooled: dict[Hashable, list[float]] = {}
+    for unit in units.values():
+        if len(unit) < 2:
+            continue
+        for rater, score in unit.items():
+            mine.setdefault(rater, []).append(float(score))
+            pooled.setdefault(rater, []).extend(float(s) for s in unit.values())
+    out = {}
+    for rater, own in mine.items():
+        pool = pooled[rater]
+        sd_pool = statistics.pstdev(pool)
+        out[rater] = {"n": len(own), "mean": statistics.fmean(own), "pool_mean": statistics.fmean(pool),
+                      "offset": statistics.fmean(own) - statistics.fmean(pool),
+                      "scale": None if sd_pool == 0 else statistics.pstdev(own) / sd_pool}
+    return out
+
+
+def adjust_score(score: float, rater: Mapping) -> float:
+    """A rater's score on the pooled scale: μ_pool + (x − μ_r) / scale (only the offset when the scale
+    is undefined or zero)."""
+    if not rater["scale"]:
+        return score - rater["offset"]
+    return rater["pool_mean"] + (score - rater["mean"]) / rater["scale"]
 
 
 def average_ranks(groups: Sequence[Sequence[Hashable]]) -> dict[Hashable, float]:

@@ -55,6 +55,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="ranking aggregation across annotators")
     p.add_argument("--rankings-in-pairs", action="store_true", help="also expand K-way rankings into pairs")
     p.add_argument("--include-unacceptable", action="store_true", help="keep 'both bad' / 'none acceptable'")
+    p.add_argument("--adjust-raters", action="store_true",
+                   help="scores.jsonl: also write rater-adjusted means (each annotator's offset and scale taken out)")
+    p.add_argument("--pairs-from-scores", metavar="WEIGHTS", nargs="?", const="",
+                   help="also write score_pairs.jsonl: pairs from aspect scores, weights like quality=1,safety=2 "
+                        "(default every aspect 1)")
+    p.add_argument("--score-min-gap", type=float, default=0.5, help="smallest weighted score gap that makes a pair")
     p.add_argument("--replace", action="store_true")
     p.set_defaults(handler=export_cmd)
 
@@ -165,11 +171,30 @@ def export_cmd(args, extra) -> int:
 
     manifest = export_all(_open(args), args.out, pair_aggregate=args.pairs, ranking_aggregate=args.rankings,
                           include_rankings_in_pairs=args.rankings_in_pairs,
-                          include_unacceptable=args.include_unacceptable, replace=args.replace)
+                          include_unacceptable=args.include_unacceptable, replace=args.replace,
+                          adjust_raters=args.adjust_raters, score_pairs=_weights(args.pairs_from_scores),
+                          score_pair_min_gap=args.score_min_gap)
     counts = manifest["counts"]
     print(f"[tuneloop] exported {counts['pairs.jsonl']} pairs, {counts['rankings.jsonl']} rankings, "
-          f"{counts['judgments.jsonl']} judgments → {args.out}/ (manifest.json has hashes and agreement)")
+          f"{counts['scores.jsonl']} scored responses, {counts['judgments.jsonl']} judgments → {args.out}/ "
+          "(manifest.json has hashes and agreement)")
     return 0
+
+
+def _weights(spec: str | None) -> dict[str, float] | None:
+    """'quality=1,safety=2' → {"quality": 1.0, "safety": 2.0}; '' → {} (every aspect 1); None → None."""
+    if spec is None:
+        return None
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--pairs-from-scores: expected aspect=weight, got {part!r}")
+    return out
 
 
 def stats_cmd(args, extra) -> int:

@@ -7,6 +7,13 @@
                        per judgment (``aggregate="none"``). Margin comes from the Llama 2 strength.
 - ``rankings.jsonl`` ``{"prompt", "prompt_messages", "completions", "ranking": [[best...], ...],
                        "group_id", "none_acceptable"}`` from K-way items.
+- ``scores.jsonl``   ``{"prompt", "prompt_messages", "response", "prompt_id", "candidate_id", "scores":
+                       {aspect: mean}, "votes": {aspect: [scores]}, "adjusted"?: {aspect: mean}}`` — one per
+                       response with aspect scores; ``adjusted`` (``adjust_raters``) first takes out each
+                       annotator's offset and scale (agreement.rater_offset_scale).
+- ``score_pairs.jsonl`` (``pairs_from_scores``) preference pairs derived from the scores: for two
+                       responses to the same prompt whose weighted mean score differs by ≥ ``min_gap``,
+                       the higher is chosen and the gap is the margin.
 - ``judgments.jsonl`` every judgment ever written (corrections and superseded rows included) with
                        all metadata.
 - ``manifest.json``  counts, filters, agreement, sha256 of each file, schema version, time.
@@ -39,8 +46,9 @@ from tuneloop.feedback.aggregate import (
     ranked_pairs,
     soft_pair,
 )
+from tuneloop.feedback.agreement import adjust_score, rater_offset_scale
 from tuneloop.feedback.answers import STRENGTHS, pair_label
-from tuneloop.feedback.quality import agreement_summary, load, pair_units, ranking_summary
+from tuneloop.feedback.quality import agreement_summary, load, pair_units, ranking_summary, score_units
 from tuneloop.feedback.store import Store, opened
 
 PAIR_AGGREGATES = ("none", "majority", "soft")
@@ -147,6 +155,64 @@ def ranking_records(store: Store, aggregate: str = "none", include_unacceptable:
     return out
 
 
+def score_records(store: Store, adjust_raters: bool = False) -> list[dict]:
+    """One record per response with aspect scores: per-aspect mean and votes (and rater-adjusted means)."""
+    judgments, items, _names, texts, prompts = _context(store)
+    units = score_units(judgments, items)
+    with store.read() as conn:
+        prompt_of = dict(conn.execute(select(S.candidates.c.id, S.candidates.c.prompt_id)).all())
+    raters = {aspect: rater_offset_scale(per_unit) for aspect, per_unit in units.items()}
+    by_candidate: dict[int, dict[str, dict[int, int]]] = defaultdict(dict)
+    for aspect, per_unit in units.items():
+        for cid, votes in per_unit.items():
+            by_candidate[cid][aspect] = votes
+    out = []
+    for cid in sorted(by_candidate):
+        prompt = prompts[prompt_of[cid]]
+        aspects = by_candidate[cid]
+        record = {"prompt": prompt["prompt"], "prompt_messages": prompt["messages"], "response": texts[cid],
+                  "prompt_id": prompt["prompt_id"], "candidate_id": cid,
+                  "scores": {a: statistics.fmean(v.values()) for a, v in sorted(aspects.items())},
+                  "votes": {a: [v[u] for u in sorted(v)] for a, v in sorted(aspects.items())}}
+        if adjust_raters:
+            record["adjusted"] = {a: statistics.fmean(adjust_score(score, raters[a][u]) if u in raters[a] else score
+                                                      for u, score in v.items()) for a, v in sorted(aspects.items())}
+        out.append(record)
+    return out
+
+
+def pairs_from_scores(records: list[dict], weights: dict[str, float] | None = None, min_gap: float = 0.5,
+                      use_adjusted: bool = False) -> list[dict]:
+    """Preference pairs from ``score_records``: per prompt, every two responses whose weighted mean
+    score (weights over aspects; default every aspect 1) differs by at least ``min_gap``."""
+    if min_gap < 0:
+        raise ValueError(f"min_gap must be ≥ 0, got {min_gap}")
+    key = "adjusted" if use_adjusted else "scores"
+    by_prompt: dict[str, list[tuple[float, dict]]] = defaultdict(list)
+    for r in records:
+        if key not in r:
+            raise ValueError("use_adjusted needs score records written with adjust_raters=True")
+        w = weights or {a: 1.0 for a in r[key]}
+        unknown = sorted(set(w) - set(r[key]))
+        if unknown:
+            continue  # this response was not scored on every weighted aspect
+        total = sum(w.values())
+        if total <= 0:
+            raise ValueError(f"aspect weights must add up to more than 0, got {w}")
+        by_prompt[r["prompt_id"]].append((sum(w[a] * r[key][a] for a in w) / total, r))
+    out = []
+    for prompt_id in sorted(by_prompt):
+        for (sa, a), (sb, b) in itertools.combinations(by_prompt[prompt_id], 2):
+            if abs(sa - sb) < min_gap or sa == sb:
+                continue
+            (hi_s, hi), (lo_s, lo) = ((sa, a), (sb, b)) if sa > sb else ((sb, b), (sa, a))
+            first, second = sorted((a["candidate_id"], b["candidate_id"]))
+            out.append({"prompt": hi["prompt"], "prompt_messages": hi["prompt_messages"], "chosen": hi["response"],
+                        "rejected": lo["response"], "margin": hi_s - lo_s, "prompt_id": prompt_id,
+                        "group_id": f"{prompt_id}:{first}-{second}", "source": "scores"})
+    return out
+
+
 def judgment_records(store: Store) -> list[dict]:
     """Every judgment row with its metadata, oldest first; ``superseded_by`` marks corrected ones."""
     with store.read() as conn:
@@ -177,7 +243,9 @@ def export_text(store: Store, what: str, aggregate: str = "majority") -> tuple[s
             "application/x-ndjson"
     if what == "judgments.jsonl":
         return _jsonl(judgment_records(store)), "application/x-ndjson"
-    raise ValueError(f"unknown export {what!r}; expected pairs.jsonl, rankings.jsonl or judgments.jsonl")
+    if what == "scores.jsonl":
+        return _jsonl(score_records(store, adjust_raters=True)), "application/x-ndjson"
+    raise ValueError(f"unknown export {what!r}; expected pairs.jsonl, rankings.jsonl, judgments.jsonl or scores.jsonl")
 
 
 def export_pairs(store: Store | str | Path, out_path: str | Path, aggregate: str = "majority",
@@ -191,13 +259,16 @@ def export_pairs(store: Store | str | Path, out_path: str | Path, aggregate: str
 
 def export_all(store: Store | str | Path, out_dir: str | Path, pair_aggregate: str = "majority",
                ranking_aggregate: str = "none", include_rankings_in_pairs: bool = False,
-               include_unacceptable: bool = False, replace: bool = False) -> dict[str, Any]:
-    """Write pairs, rankings, raw judgments and the manifest into ``out_dir``; returns the manifest."""
+               include_unacceptable: bool = False, replace: bool = False, adjust_raters: bool = False,
+               score_pairs: dict[str, float] | None = None, score_pair_min_gap: float = 0.5) -> dict[str, Any]:
+    """Write pairs, rankings, scores, raw judgments and the manifest into ``out_dir``; returns the manifest.
+
+    ``score_pairs``: aspect weights ({} = every aspect 1) to also write ``score_pairs.jsonl``."""
     if Path(out_dir).exists() and not replace:
         raise FileExistsError(f"{out_dir} already exists; choose a new folder or pass replace=True (--replace)")
     with opened(store, create=False) as db:
         files, manifest = _export_contents(db, pair_aggregate, ranking_aggregate, include_rankings_in_pairs,
-                                           include_unacceptable)
+                                           include_unacceptable, adjust_raters, score_pairs, score_pair_min_gap)
     with atomic_dir(out_dir, replace=replace) as tmp:
         umask = os.umask(0)
         os.umask(umask)
@@ -209,13 +280,19 @@ def export_all(store: Store | str | Path, out_dir: str | Path, pair_aggregate: s
 
 
 def _export_contents(store: Store, pair_aggregate: str, ranking_aggregate: str, include_rankings_in_pairs: bool,
-                     include_unacceptable: bool) -> tuple[dict[str, str], dict[str, Any]]:
+                     include_unacceptable: bool, adjust_raters: bool = False, score_pairs: dict | None = None,
+                     score_pair_min_gap: float = 0.5) -> tuple[dict[str, str], dict[str, Any]]:
     """The export's files (name → JSONL text) and its manifest."""
+    scores = score_records(store, adjust_raters=adjust_raters)
     files = {
         "pairs.jsonl": _jsonl(pair_records(store, pair_aggregate, include_rankings_in_pairs, include_unacceptable)),
         "rankings.jsonl": _jsonl(ranking_records(store, ranking_aggregate, include_unacceptable)),
+        "scores.jsonl": _jsonl(scores),
         "judgments.jsonl": _jsonl(judgment_records(store)),
     }
+    if score_pairs is not None:
+        files["score_pairs.jsonl"] = _jsonl(pairs_from_scores(scores, score_pairs or None, score_pair_min_gap,
+                                                              use_adjusted=adjust_raters))
     judgments, items, _names = load(store)
     units = pair_units(judgments, items)
     manifest = {
@@ -223,7 +300,9 @@ def _export_contents(store: Store, pair_aggregate: str, ranking_aggregate: str, 
         "schema_version": store.schema_version(),
         "filters": {"pair_aggregate": pair_aggregate, "ranking_aggregate": ranking_aggregate,
                     "include_rankings_in_pairs": include_rankings_in_pairs,
-                    "include_unacceptable": include_unacceptable, "excluded": ["gold items", "repeats",
+                    "include_unacceptable": include_unacceptable, "adjust_raters": adjust_raters,
+                    "score_pairs": score_pairs, "score_pair_min_gap": score_pair_min_gap,
+                    "excluded": ["gold items", "repeats",
                                                                                  "superseded judgments"]},
         "counts": {name: body.count("\n") for name, body in files.items()} | store.counts(),
         "agreement": {"pairwise": agreement_summary(units), "rankings": ranking_summary(judgments, items)},

@@ -18,16 +18,20 @@ from sqlalchemy import exists, func, select
 
 from tuneloop.feedback import schema as S
 from tuneloop.feedback.agreement import (
+    Metric,
     average_ranks,
     cohen_kappa,
     fleiss_kappa,
     kendall_tau_b,
     kendall_w,
+    krippendorff_alpha,
     krippendorff_alpha_nominal,
+    rater_offset_scale,
     raw_agreement,
     wilson_interval,
 )
 from tuneloop.feedback.answers import pair_label
+from tuneloop.feedback.aspects import parse_aspects
 from tuneloop.feedback.assign import current_judgments
 from tuneloop.feedback.store import Store
 
@@ -93,6 +97,37 @@ def ranking_summary(judgments: list[dict], items: dict[int, dict]) -> dict[str, 
             "kendall_tau_b_mean": statistics.fmean(taus) if taus else None}
 
 
+def score_units(judgments: list[dict], items: dict[int, dict]) -> dict[str, dict[int, dict[int, int]]]:
+    """{aspect: {candidate id: {user id: score}}} from the aspect scores of primary judgments of ordinary
+    items (rating items, and pairwise or ranking items that asked for scores)."""
+    units: dict[str, dict[int, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
+    for j in judgments:
+        if j["is_repeat"] or items[j["item_id"]]["is_gold"]:
+            continue
+        for cid, per_aspect in (j["answer"].get("scores") or {}).items():
+            for aspect, score in per_aspect.items():
+                units[aspect][int(cid)][j["user_id"]] = score
+    return units
+
+
+def aspect_summary(units: dict[str, dict[int, dict[int, int]]], aspect_names: list[str],
+                   names: dict[int, str]) -> list[dict[str, Any]]:
+    """Per aspect: how many responses were scored (by ≥ 2 people), the mean score, Krippendorff's α for
+    interval and ordinal data, and each annotator's offset and scale against the others."""
+    out = []
+    for aspect in aspect_names + sorted(set(units) - set(aspect_names)):
+        per_unit = units.get(aspect, {})
+        labelled = [list(u.values()) for u in per_unit.values() if len(u) >= 2]
+        scores = [s for u in per_unit.values() for s in u.values()]
+        raters = rater_offset_scale(per_unit)
+        out.append({"aspect": aspect, "responses": len(per_unit), "responses_with_2plus": len(labelled),
+                    "scores": len(scores), "mean": statistics.fmean(scores) if scores else None,
+                    "alpha_interval": krippendorff_alpha(labelled, Metric.INTERVAL),
+                    "alpha_ordinal": krippendorff_alpha(labelled, Metric.ORDINAL),
+                    "raters": [{"name": names.get(uid, str(uid)), **stats} for uid, stats in sorted(raters.items())]})
+    return out
+
+
 def annotator_cards(judgments: list[dict], items: dict[int, dict], units: dict, names: dict[int, str]) -> list[dict]:
     cards = []
     for user_id in sorted({j["user_id"] for j in judgments}):
@@ -153,11 +188,19 @@ def load(store: Store) -> tuple[list[dict], dict[int, dict], dict[int, str]]:
 def quality_report(store: Store) -> dict[str, Any]:
     judgments, items, names = load(store)
     units = pair_units(judgments, items)
-    overlap = store.settings()["overlap"]
+    cfg = store.settings()
+    overlap = cfg["overlap"]
+    cards = annotator_cards(judgments, items, units, names)
+    for card in cards:  # what is left for each annotator, for the admin page's progress bars
+        judged = {j["item_id"] for j in judgments if j["user_id"] == card["user_id"]}
+        card["left"] = sum(1 for i in items.values()
+                           if not i["is_gold"] and i["n_done"] < overlap and i["id"] not in judged)
+    aspect_names = [a.name for a in parse_aspects(cfg["aspects"])]
     return {"counts": {"judgments": len(judgments), "annotators": len({j["user_id"] for j in judgments}),
                        "items": len(items), "items_complete": sum(1 for i in items.values() if i["n_done"] >= overlap)},
             "pairwise": agreement_summary(units), "rankings": ranking_summary(judgments, items),
-            "annotators": annotator_cards(judgments, items, units, names)}
+            "aspects": aspect_summary(score_units(judgments, items), aspect_names, names),
+            "annotators": cards}
 
 
 def annotator_summary(store: Store, user_id: int) -> dict[str, Any]:
@@ -191,12 +234,26 @@ def format_report(report: dict[str, Any]) -> str:
              f"rankings ({r['ranking_items']} items with ≥2 annotators)",
              f"  Kendall's W (mean)   {fmt(r['kendall_w_mean'])}",
              f"  Kendall's τ_b (mean) {fmt(r['kendall_tau_b_mean'])}",
+             *_format_aspects(report.get("aspects", [])),
              "annotator            n   gold            consensus       first-shown     median s"]
     for card in report["annotators"]:
         cells = [_cell(card[k]) for k in ("gold", "agreement_with_consensus", "chose_first_shown")]
         lines.append(f"{card['name'][:18]:<18} {card['judgments']:>4}   " + "  ".join(f"{x:<14}" for x in cells)
                      + f"  {fmt(card['median_seconds'], 1)}")
     return "\n".join(lines)
+
+
+def _format_aspects(aspects: list[dict]) -> list[str]:
+    lines = []
+    for a in aspects:
+        if not a["scores"]:
+            continue
+        lines.append(f"aspect {a['aspect']}: {a['scores']} scores of {a['responses']} responses "
+                     f"({a['responses_with_2plus']} with ≥2)  mean {fmt(a['mean'], 2)}  "
+                     f"α interval {fmt(a['alpha_interval'])}  α ordinal {fmt(a['alpha_ordinal'])}")
+        for r in a["raters"]:
+            lines.append(f"    {r['name'][:18]:<18} n {r['n']:>4}  offset {r['offset']:+.2f}  scale {fmt(r['scale'], 2)}")
+    return lines
 
 
 def _cell(rate: dict) -> str:

@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Path as PathParam, Query, Request, Respons
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -39,7 +40,10 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 SUBMIT_LIMIT = (30, 1.0)  # judgments per second per annotator (a person needs far fewer)
 PAGES = {"/login": "login.html", "/label": "label.html", "/admin": "admin.html"}
 
-_MD = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).disable("image")
+_MD = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+# Bidirectional embedding, override and isolate controls (the "Trojan Source" set) can make text read
+# differently from what it is; they are shown as visible code points instead.
+BIDI_CONTROLS = {cp: f"[U+{cp:04X}]" for cp in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
 def _link_open(renderer, tokens, idx, options, env):
@@ -49,12 +53,25 @@ def _link_open(renderer, tokens, idx, options, env):
     return renderer.renderToken(tokens, idx, options, env)
 
 
+def _image_as_text(renderer, tokens, idx, options, env):
+    """An image is never loaded: it is shown as text, alt and URL both visible (and no link)."""
+    token = tokens[idx]
+    alt = renderer.renderInlineAsText(token.children or [], options, env)
+    return escapeHtml(f"[image: {alt}] ({token.attrGet('src') or ''})")
+
+
 _MD.add_render_rule("link_open", _link_open)
+_MD.add_render_rule("image", _image_as_text)
+
+
+def neutralise_bidi(text: str) -> str:
+    return text.translate(BIDI_CONTROLS)
 
 
 def render_markdown(text: str) -> str:
-    """Safe HTML for untrusted Markdown: raw HTML is escaped, images are off, unsafe link schemes dropped."""
-    return _MD.render(text)
+    """Safe HTML for untrusted Markdown: raw HTML is escaped, images become text, unsafe link schemes
+    are dropped, bidirectional controls are shown as code points."""
+    return _MD.render(neutralise_bidi(text))
 
 
 class Login(BaseModel):
@@ -255,7 +272,7 @@ def _admin_routes(app: FastAPI, store: Store, Reader, Admin) -> None:
         return quality_report(store)
 
     @app.get("/api/admin/export/{what}")
-    def export(what: Literal["pairs.jsonl", "rankings.jsonl", "judgments.jsonl"], who: Reader,
+    def export(what: Literal["pairs.jsonl", "rankings.jsonl", "judgments.jsonl", "scores.jsonl"], who: Reader,
                aggregate: Literal["majority", "soft", "none", "bradley_terry", "ranked_pairs"] = "majority"):
         from tuneloop.feedback.export import export_text
 
@@ -312,10 +329,12 @@ def _same_origin(request: Request) -> None:
 def _with_html(task: dict | None) -> dict | None:
     if task is None:
         return None
+    task["prompt"] = neutralise_bidi(task["prompt"])
     task["prompt_html"] = render_markdown(task["prompt"])
     # earlier turns of a multi-turn prompt, shown above the last user turn
     task["context"] = [{"role": m["role"], "html": render_markdown(m["content"])} for m in task["messages"][:-1]]
     for cand in task["candidates"]:
+        cand["text"] = neutralise_bidi(cand["text"])  # the difference view shows the text itself
         cand["html"] = render_markdown(cand["text"])
     return task
 
