@@ -1,4 +1,5 @@
-"""``tuneloop demo --quick --dpo``: every stage runs for real on the tiny policy and leaves its results."""
+"""``tuneloop demo --quick``: every stage of the shipped pipeline runs for real on the tiny policy, prints
+one clean line per stage, writes the report; a second run reuses every stage."""
 
 from __future__ import annotations
 
@@ -6,20 +7,33 @@ import json
 
 from tuneloop.cli import main
 
+STAGES = ("data", "sft", "sample", "label", "reward", "dpo", "eval", "report")
+NOISE = ("Loading weights", "FutureWarning", "it/s]", "step/s]", "Traceback")
 
-def test_quick_demo_runs_every_stage(tmp_path, capsys):
-    assert main(["demo", "--quick", "--dpo", "--out-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    [root] = list(tmp_path.glob("demo-*"))
-    summary = json.loads((root / "summary.json").read_text())
-    assert len(list(root.glob("*/model/config.json"))) == 3  # sft, reward, dpo
-    candidates = [json.loads(line) for line in (root / "candidates.jsonl").read_text().splitlines()]
+
+def test_quick_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    root = tmp_path / "demo-quick"
+    lines = [line for line in captured.out.splitlines() if line.startswith("[")]
+    assert [line.split()[1] for line in lines] == list(STAGES), captured.out
+    assert all(line.split()[2].endswith("s") for line in lines)  # the time each stage took
+    assert not any(noise in captured.out + captured.err for noise in NOISE), captured.out + captured.err
+    assert "Report: " in captured.out and "tuneloop label serve --db" in captured.out
+    state = json.loads((root / "pipeline.json").read_text())
+    assert [s["name"] for s in state["stages"]] == list(STAGES) and state["failed"] is None
+    candidates = [json.loads(line) for line in (root / "sample/candidates.jsonl").read_text().splitlines()]
     assert len(candidates) == 12 and all(len(c["completions"]) == 4 for c in candidates)
-    assert summary["labels"]["judgments"] > 0 and (root / "pairs.jsonl").stat().st_size > 0
-    assert 0.0 <= summary["reward"]["eval"]["accuracy"] <= 1.0
-    assert summary["dpo"]["steps"] == 4 and 0.0 <= summary["dpo"]["eval"]["rewards/accuracy"] <= 1.0
-    for policy in ("sft", "dpo"):
-        scores = summary["compare"][policy]
-        assert -1.0 <= scores["vader_sentiment"] <= 1.0 and scores["reward_model"] == scores["reward_model"]
-        assert len((root / f"compare-{policy}.jsonl").read_text().splitlines()) == 96 - 12
-    assert "DPO held-out implicit-reward accuracy" in out and "== 6. Compare" in out
+    assert (root / "label/pairs.jsonl").stat().st_size > 0
+    reward = json.loads((root / "reward/stage.json").read_text())["summary"]
+    assert 0.0 <= reward["eval"]["accuracy"] <= 1.0
+    result = json.loads((root / "eval/eval.json").read_text())
+    assert set(result["policies"]) == {"sft", "dpo"} and result["prompts"] == 12
+    assert result["best_of_n"]["sft"]["points"][-1]["n"] == 4
+    assert [p["label"] for p in result["overoptimization"]["dpo"]["points"]] == ["start", "step 2", "final"]
+    html = (root / "report/report.html").read_text()
+    assert '<section id="frontier">' in html and "data:image/png;base64," in html
+
+    assert main(["demo", "--quick", "--out-dir", str(tmp_path)]) == 0
+    again = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(again) == len(STAGES) and all("cached" in line for line in again)

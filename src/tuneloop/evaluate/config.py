@@ -16,6 +16,9 @@ class PolicySpec:
     checkpoints: list[str] = field(default_factory=list)
     """Earlier states of this policy for the over-optimisation curve, in training order: model folders, or
     a run folder whose checkpoints/step-N are exported to model folders first."""
+    samples_per_prompt: int | None = None
+    """Samples per prompt for this policy (default: eval.samples_per_prompt); ≥ 2 with a reward model gives its
+    best-of-n curve."""
     method: str = "rl"
     """How the checkpoints were made, for Gao et al.'s fit: 'rl' (d(α − β log d)) or 'best_of_n' (d(α − βd))."""
 
@@ -81,6 +84,8 @@ class EvalConfig:
                 if side not in names:
                     raise ValueError(f"compare names policy {side!r}; policies are {names}")
         for p in self.policies:
+            if p.samples_per_prompt is not None and p.samples_per_prompt < 1:
+                raise ValueError(f"policy {p.name}: samples_per_prompt must be ≥ 1, got {p.samples_per_prompt}")
             if p.method not in ("rl", "best_of_n"):
                 raise ValueError(f"policy {p.name}: method must be 'rl' or 'best_of_n', got {p.method!r}")
         if self.samples_per_prompt < 1:

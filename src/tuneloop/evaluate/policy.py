@@ -33,7 +33,6 @@ from tuneloop.evaluate import overoptimization as oo
 from tuneloop.evaluate.config import EvalConfig, PolicySpec
 from tuneloop.evaluate.stats import (
     bootstrap_interval,
-    bootstrap_items,
     distinct_n,
     pairwise_outcomes,
     repetition_n,
@@ -53,6 +52,7 @@ class PolicySamples:
 
     name: str
     model: str
+    k: int  # samples per prompt
     prompt_index: list[int]  # (P·K,)
     responses: list[str]  # (P·K,)
     tokens: list[int]  # (P·K,) generated tokens, the stop token included
@@ -88,13 +88,12 @@ def _same_vocabulary(tokenizer, reference_tokenizer, policy: str) -> None:
 
 
 def sample_and_score(spec_name: str, model_name: str, prompts: list[list[dict]], cfg: EvalConfig, reference,
-                     scorers: dict) -> PolicySamples:
+                     scorers: dict, k: int = 1) -> PolicySamples:
     """Step 2 for one policy (or one checkpoint): sample, KL to the reference, scores."""
     ref_model, ref_tokenizer = reference
     model, tokenizer = load_causal_lm(ModelConfig(name=model_name), trainable=False)
     _same_vocabulary(tokenizer, ref_tokenizer, spec_name)
     prompt_ids = [render_prompt(tokenizer, m) for m in prompts]
-    k = cfg.samples_per_prompt
     generations = [g for row in generate(model, tokenizer, prompt_ids, cfg.sampling, k, cfg.seed) for g in row]
     pairs = [(g.prompt_ids, g.token_ids) for g in generations]
     pad = tokenizer.pad_token_id
@@ -106,7 +105,7 @@ def sample_and_score(spec_name: str, model_name: str, prompts: list[list[dict]],
     texts = [g.text for g in generations]
     flat_prompts = [prompts[p] for p in index]
     scores = {name: scorer.score(flat_prompts, texts).tolist() for name, scorer in scorers.items()}
-    return PolicySamples(spec_name, model_name, index, texts, [len(g.token_ids) for g in generations],
+    return PolicySamples(spec_name, model_name, k, index, texts, [len(g.token_ids) for g in generations],
                          [g.finish_reason == "eos" for g in generations], kl.k1_sequence, kl.k3_sequence, scores)
 
 
@@ -132,28 +131,25 @@ def summarise(s: PolicySamples, cfg: EvalConfig) -> dict[str, dict]:
         f"repetition/rep_{REPETITION_N}": ci([repetition_n(r, REPETITION_N) for r in s.responses]),
     })
     for n in DISTINCT_NS:
-        out[f"distinct/{n}"] = bootstrap_items(s.responses, lambda texts, n=n: distinct_n(texts, n),
-                                               resamples=min(b.resamples, 200), confidence=b.confidence,
-                                               seed=cfg.seed).as_dict()
+        # No interval: a bootstrap resample repeats responses, whose n-grams then count as repeats, so
+        # resampled distinct-n is biased low and a percentile interval would not contain the estimate.
+        out[f"distinct/{n}"] = {"mean": distinct_n(s.responses, n), "ci_low": None, "ci_high": None,
+                                "confidence": b.confidence, "n": len(s.responses)}
     return out
-
-
-def _first_samples(s: PolicySamples, k: int, values: list) -> list:
-    return values[::k]
 
 
 def win_rates(samples: dict[str, PolicySamples], cfg: EvalConfig, prompts: list[list[dict]], judge) -> list[dict]:
     """Step 3: per comparison and scorer, the mean per-prompt outcome (1 win, ½ tie, 0 loss) with its CI."""
-    b, k = cfg.bootstrap, cfg.samples_per_prompt
+    b = cfg.bootstrap
     names = list(samples)
     comparisons = [(c.a, c.b) for c in cfg.compare] or [(n, names[0]) for n in names[1:]]
     out = []
     for a_name, b_name in comparisons:
         a, bb = samples[a_name], samples[b_name]
         judged: dict[str, list[float]] = {
-            scorer: pairwise_outcomes(a.scores[scorer][::k], bb.scores[scorer][::k]) for scorer in a.scores}
+            scorer: pairwise_outcomes(a.scores[scorer][::a.k], bb.scores[scorer][::bb.k]) for scorer in a.scores}
         if judge is not None:
-            ra, rb = a.responses[::k], bb.responses[::k]
+            ra, rb = a.responses[::a.k], bb.responses[::bb.k]
             judged["judge"] = [0.5 * (float(judge(p, x, y)) + 1.0 - float(judge(p, y, x)))
                                for p, x, y in zip(prompts, ra, rb)]
         for scorer, outcomes in judged.items():
@@ -164,7 +160,7 @@ def win_rates(samples: dict[str, PolicySamples], cfg: EvalConfig, prompts: list[
 
 def best_of_n(s: PolicySamples, cfg: EvalConfig, proxy: str, gold: str) -> dict | None:
     """Step 4a: expected proxy and gold score of best-of-n for n = 1, 2, 4 … ≤ K, with the BoN fit."""
-    k = cfg.samples_per_prompt
+    k = s.k
     if k < 2:
         return None
     shape = (len(s.responses) // k, k)
@@ -197,12 +193,12 @@ def _point(label: str, s: PolicySamples) -> dict:
             **{name: sum(v) / len(v) for name, v in s.scores.items()}}
 
 
-def _side_by_side(samples: dict[str, PolicySamples], prompts: list[list[dict]], count: int, k: int) -> list[dict]:
+def _side_by_side(samples: dict[str, PolicySamples], prompts: list[list[dict]], count: int) -> list[dict]:
     rows = []
     for p in range(min(count, len(prompts))):
         rows.append({"prompt": prompts[p][-1]["content"],
-                     "responses": {name: {"text": s.responses[p * k], "finished": s.finished[p * k],
-                                          **{sc: v[p * k] for sc, v in s.scores.items()}}
+                     "responses": {name: {"text": s.responses[p * s.k], "finished": s.finished[p * s.k],
+                                          **{sc: v[p * s.k] for sc, v in s.scores.items()}}
                                    for name, s in samples.items()}})
     return rows
 

@@ -71,13 +71,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     reference = load_causal_lm(ModelConfig(name=reference_name), trainable=False)
     scorers, proxy, gold = _scorers(cfg)
     judge = load_function(cfg.judge) if cfg.judge else None
-    print(f"[tuneloop] eval: {len(cfg.policies)} policies × {len(prompts)} prompts × {cfg.samples_per_prompt} "
-          f"samples; KL to {reference_name}; scorers {', '.join(scorers)}")
+    print(f"[tuneloop] eval: {len(cfg.policies)} policies × {len(prompts)} prompts; KL to {reference_name}; scorers {', '.join(scorers)}")
     # 2. every policy on the same prompts and seed
     samples: dict[str, PolicySamples] = {}
     for spec in cfg.policies:
         t0 = time.time()
-        samples[spec.name] = sample_and_score(spec.name, spec.model, prompts, cfg, reference, scorers)
+        k = spec.samples_per_prompt or cfg.samples_per_prompt
+        samples[spec.name] = sample_and_score(spec.name, spec.model, prompts, cfg, reference, scorers, k)
         _write_samples(out, samples[spec.name], prompts)
         print(f"[tuneloop] eval: {spec.name} sampled and scored in {time.time() - t0:.1f}s")
     result: dict = {"prompts": len(prompts), "prompts_file": cfg.prompts, "reference": reference_name,
@@ -102,7 +102,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         points.append(_point("final", samples[spec.name]))
         result["overoptimization"][spec.name] = overoptimization(points, spec.method, proxy, gold)
     # 5. write and print
-    result["side_by_side"] = _side_by_side(samples, prompts, cfg.samples_in_report, cfg.samples_per_prompt)
+    result["side_by_side"] = _side_by_side(samples, prompts, cfg.samples_in_report)
     result["seconds"] = round(time.time() - started, 1)
     atomic_write_text(out / "eval.json", json.dumps(_finite(result), indent=2, ensure_ascii=False) + "\n")
     print(format_table(result))

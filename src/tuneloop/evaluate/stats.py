@@ -72,18 +72,6 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray]
     return Interval(estimate, float(low), float(high), confidence, int(data.size))
 
 
-def bootstrap_items(items: Sequence, statistic: Callable[[list], float], resamples: int = 200,
-                    confidence: float = 0.95, seed: int = 0) -> Interval:
-    """Percentile bootstrap CI of a statistic of a list of arbitrary items (e.g. distinct-n of texts)."""
-    if not items:
-        return Interval(math.nan, math.nan, math.nan, confidence, 0)
-    rng = np.random.default_rng(seed)
-    values = [statistic([items[i] for i in rng.integers(0, len(items), size=len(items))]) for _ in range(resamples)]
-    tail = (1 - confidence) / 2
-    low, high = np.nanquantile(np.asarray(values, dtype=np.float64), [tail, 1 - tail])
-    return Interval(float(statistic(list(items))), float(low), float(high), confidence, len(items))
-
-
 def pairwise_outcomes(scores_a: Sequence[float], scores_b: Sequence[float], tie_tolerance: float = 0.0) -> list[float]:
     """Per item: 1.0 if a − b > tol, 0.0 if b − a > tol, else 0.5 (a tie)."""
     assert len(scores_a) == len(scores_b), f"need paired scores, got {len(scores_a)} and {len(scores_b)}"

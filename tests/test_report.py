@@ -1,0 +1,36 @@
+"""The pipeline report: every section present, figures embedded, prompts and responses escaped, nothing
+fetched from anywhere (the browser test in test_report_browser.py opens it for real)."""
+
+from __future__ import annotations
+
+import re
+
+from reportdata import HOSTILE, finished_pipeline
+
+from tuneloop.report.html import CSP, write_pipeline_report
+
+SECTIONS = ("summary", "stages", "curves", "reward-model", "agreement", "policies", "frontier", "samples", "next")
+
+
+def test_report_has_every_section_and_only_embedded_images(tmp_path):
+    records = finished_pipeline(tmp_path)
+    html = write_pipeline_report(tmp_path / "report.html", records, "demo").read_text()
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in html, anchor
+    sources = re.findall(r'src="([^"]*)"', html)
+    # curves of sft, reward, dpo and the RL stage; calibration; the frontier
+    assert len(sources) >= 6 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', html)
+    assert f'content="{CSP}"' in html
+    assert HOSTILE not in html and "&lt;script&gt;" in html
+    for text in ("64.0%", "74.0%", "61.2s", "dpo over sft", "tuneloop label serve --db", "Over-optimisation fits",
+                 "d(α − β log d)", "best-of-n from sft"):
+        assert text in html, text
+    assert not list(tmp_path.glob(".curves-*.png"))  # temporary figures are removed
+
+
+def test_report_of_a_pipeline_without_eval_or_reward(tmp_path):
+    records = finished_pipeline(tmp_path)
+    partial = {k: records[k] for k in ("sft",)}
+    html = write_pipeline_report(tmp_path / "r.html", partial, "sft only").read_text()
+    assert '<section id="curves">' in html and '<section id="policies">' not in html
