@@ -74,6 +74,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=SamplingConfig.batch_size)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--best-of", type=int, default=None, metavar="N",
+                   help="sample N per kept candidate and keep the one --reward scores highest (best-of-n)")
+    p.add_argument("--reward", help="reward spec for --best-of: reward-model folder, vader, module:function, URL")
     p.set_defaults(handler=_run)
 
 
@@ -82,5 +85,13 @@ def _run(args, _extra) -> int:
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     if args.num_candidates < 1:
         raise ValueError(f"--num-candidates must be ≥ 1, got {args.num_candidates}")
-    sample_candidates(args.model, args.prompts, args.out, args.num_candidates, sampling, args.seed, args.limit)
+    if (args.best_of is None) != (args.reward is None) or (args.best_of is not None and args.best_of < 1):
+        raise ValueError("--best-of N (N ≥ 1) and --reward SPEC go together")
+    n = args.best_of or 1
+    sample_candidates(args.model, args.prompts, args.out, args.num_candidates * n, sampling, args.seed, args.limit)
+    if args.best_of is not None:
+        from tuneloop.evaluate.best_of_n import best_of_n_file
+
+        best_of_n_file(args.out, args.reward, n)
+        print(f"[tuneloop] sample: kept the best of each {n} by {args.reward} → {args.out}")
     return 0
