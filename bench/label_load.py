@@ -1,7 +1,7 @@
 """Load and crash tests of the labelling server on loopback (127.0.0.1 only; bounded in count and time).
 
   python bench/label_load.py load  [--annotators 50] [--items 1700] [--overlap 3] [--sync FULL]
-  python bench/label_load.py kill  [--kills 20] [--annotators 20]
+  python bench/label_load.py kill  [--kills 50] [--annotators 20]
 
 ``load``: a real ``tuneloop label serve`` process and N annotator threads with no think time, each
 on its own keep-alive connection and API token, judging until nothing is left. Reports submissions,
@@ -217,7 +217,7 @@ def run_load(annotators: int = 50, items: int = 1700, overlap: int = 3, sync: st
     return result
 
 
-def run_kill(kills: int = 20, annotators: int = 20, items: int = 1500, overlap: int = 3, sync: str = "FULL",
+def run_kill(kills: int = 50, annotators: int = 20, items: int = 4000, overlap: int = 3, sync: str = "FULL",
              seed: int = 0, workdir: Path | None = None) -> dict:
     tmp = Path(workdir or tempfile.mkdtemp(prefix="tuneloop-kill-"))
     db, tokens = _setup(tmp, annotators, items, overlap)
@@ -255,14 +255,14 @@ def main() -> int:
     parser.add_argument("--annotators", type=int)
     parser.add_argument("--items", type=int)
     parser.add_argument("--overlap", type=int, default=3)
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--sync", choices=["FULL", "NORMAL"], default="FULL")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.what == "load":
         result = run_load(args.annotators or 50, args.items or 1700, args.overlap, args.sync)
     else:
-        result = run_kill(args.kills, args.annotators or 20, args.items or 1500, args.overlap, args.sync)
+        result = run_kill(args.kills, args.annotators or 20, args.items or 4000, args.overlap, args.sync)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -246,3 +246,109 @@ def test_xss_corpus_runs_nothing_and_requests_nothing_outside(browser, store, tm
         body = page.content()
         assert "<script>window.__xss" not in body
         context.close()
+
+
+def _shot(page, name, tmp_path):
+    """Screenshots for a person to look at: into $TUNELOOP_SCREENSHOTS when set, else the test's folder."""
+    folder = Path(os.environ.get("TUNELOOP_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def test_stable_labels_correction_rating_done_and_admin_page(browser, store, tmp_path):
+    """Ranking cards keep their letter when moved; the correction view (u) starts from the earlier answer,
+    ratings and flags; the difference view says it is on; flag hints are key chips; a rating item is scored
+    with the keyboard; the done state hides the answer panel; the admin page has singular wording, progress
+    bars and an agreement chart; /favicon.ico is served."""
+    import random
+
+    from tuneloop.feedback import assign
+    from tuneloop.feedback.importer import import_candidates
+
+    rng = random.Random(3)
+    import_candidates(store, _write(tmp_path / "p.jsonl", [candidates_record(1, 2, rng, texts=[
+        "A warm, funny heist with a **great** cast. ![poster](http://127.0.0.2:9/p.png)",
+        "A cold, dull heist with a great cast and \u202eevil\u202c text."])]))
+    import_candidates(store, _write(tmp_path / "r.jsonl", [candidates_record(2, 3, rng)]), mode="ranking")
+    import_candidates(store, _write(tmp_path / "s.jsonl", [candidates_record(3, 2, rng)]), mode="rating")
+    store.set_setting("overlap", 1)
+    store.create_user("boss", "admin", ADMIN_PW)
+    ann = store.create_user("ann", "annotator", ANN_PW)
+    with LiveServer(store) as live:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        _login_with_keyboard(page, live.url, "ann", ANN_PW)
+        page.wait_for_url("**/label")
+        expect(page.locator("#keys")).to_contain_text("correct your previous judgment")
+        kinds = []
+        while page.locator("#done.hidden").count():
+            page.wait_for_selector("#candidates .cand")
+            labels = lambda: page.locator("#candidates .cand").evaluate_all("ns => ns.map(n => n.dataset.label)")
+            if page.locator("#candidates.pair").count():
+                kinds.append("pairwise")
+                assert "[image: poster] (http://127.0.0.2:9/p.png)" in page.locator("#candidates").inner_text()
+                page.keyboard.press("d")
+                expect(page.locator("#diff-indicator")).to_contain_text("difference view on")
+                _shot(page, "label-pairwise-diff", tmp_path)
+                page.keyboard.press("d")
+                expect(page.locator("#diff-indicator")).to_have_count(0)
+                page.keyboard.press("1")
+                page.keyboard.press("ArrowRight")
+                page.keyboard.press("Shift+Digit5")
+                page.keyboard.press("h")
+                expect(page.locator("#flag-line kbd.on")).to_have_text("h")  # the flag hint is a key chip, lit
+                _shot(page, "label-pairwise", tmp_path)
+                page.keyboard.press("Enter")
+                expect(page.locator("#status")).to_have_text("Saved.")
+                page.keyboard.press("u")  # correct it at once: the view starts from the earlier answer
+                expect(page.locator("#guideline")).to_contain_text("CORRECTING")
+                expect(page.locator("#answer-line")).to_contain_text("A is better")
+                assert "rating 5/7 · ⚑ hallucination" in page.locator("#candidates .cand").nth(1).inner_text()
+                page.keyboard.press("0")
+                page.keyboard.press("Enter")
+                expect(page.locator("#status")).to_have_text("Correction saved.")
+            elif page.locator("#candidates.ranking").count():
+                kinds.append("ranking")
+                assert labels() == ["A", "B", "C"]
+                page.keyboard.press("ArrowDown")
+                page.keyboard.press("Shift+ArrowUp")  # B moves to the top and keeps its letter
+                assert labels() == ["B", "A", "C"]
+                assert "place 1" in page.locator("#candidates .cand").first.inner_text()
+                expect(page.locator("#answer-line")).to_contain_text("B  >  A  >  C")
+                _shot(page, "label-ranking", tmp_path)
+                page.keyboard.press("Enter")
+                expect(page.locator("#status")).to_have_text("Saved.")
+            else:
+                kinds.append("rating")
+                for key in "345":  # quality, relevance, safety in turn
+                    page.keyboard.press(key)
+                expect(page.locator("#answer-line")).to_contain_text("All aspects scored")
+                _shot(page, "label-rating", tmp_path)
+                page.keyboard.press("Enter")
+                expect(page.locator("#status")).to_have_text("Saved.")
+            page.evaluate("document.getElementById('status').textContent = ''")
+        assert sorted(kinds) == ["pairwise", "ranking", "rating", "rating"]
+        expect(page.locator("#answer-card")).to_be_hidden()  # nothing left: no stale answer panel
+        expect(page.locator("#rationale")).to_be_hidden()
+        _shot(page, "label-done", tmp_path)
+        with store.read() as conn:
+            rows = assign.current_judgments(conn, ann)
+        fixed = next(j for j in rows if j["supersedes"])
+        b_id = str(fixed["display_order"][1])
+        assert fixed["answer"]["outcome"] == "tie"  # the change …
+        assert fixed["answer"]["ratings"] == {b_id: 5} and fixed["answer"]["flags"] == {b_id: ["hallucination"]}
+        ranking = next(j for j in rows if j["kind"] == "ranking")
+        order = ranking["display_order"]
+        assert ranking["answer"]["ranking"] == [[order[1]], [order[0]], [order[2]]]
+        assert all(j["answer"]["scores"][str(j["display_order"][0])] == {"quality": 3, "relevance": 4, "safety": 5}
+                   for j in rows if j["kind"] == "rating")
+        assert page.request.get(live.url + "/favicon.ico").status == 200
+
+        admin = browser.new_page(viewport={"width": 1280, "height": 900})
+        _login_with_keyboard(admin, live.url, "boss", ADMIN_PW)
+        admin.wait_for_url("**/admin")
+        admin.wait_for_selector("#annotators td")
+        expect(admin.locator("#counts")).to_contain_text("by 1 annotator;")
+        assert admin.locator("#annotators progress").count() == 1 and admin.locator("#overall").count() == 1
+        assert admin.locator("#agreement-chart rect.bar").count() >= 5
+        expect(admin.locator("#aspects")).to_contain_text("quality")
+        _shot(admin, "admin", tmp_path)

@@ -2,10 +2,10 @@
 
 - load: 50 annotators with no think time, ≥ 5,000 submissions to a real server on SQLite: zero lost or
   duplicated judgments, zero "database is locked", overlap never exceeded, integrity check clean.
-- kill: the server killed with SIGKILL at random moments ≥ 20 times under load; every acknowledged
+- kill: the server killed with SIGKILL at random moments ≥ 50 times under load; every acknowledged
   judgment is present after the restarts and the integrity check passes.
 
-The load test takes 35–75 s on a 2-core machine (runs by default); the kill test 80–100 s, so it is
+The load test takes 35–75 s on a 2-core machine (runs by default); the kill test 3–4 minutes, so it is
 marked slow (CI still runs it: pytest runs every marker unless told otherwise).
 """
 
@@ -38,9 +38,9 @@ def test_load_50_annotators_5000_submissions(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path):
-    result = _bench().run_kill(kills=20, annotators=20, items=1500, overlap=3, workdir=tmp_path)
+    result = _bench().run_kill(kills=50, annotators=20, items=4000, overlap=3, workdir=tmp_path)
     print("\nlabel kill -9:", json.dumps(result, default=str))
-    assert result["kills"] >= 20 and result["kills_with_progress_between"] >= 20  # every kill hit a live load
+    assert result["kills"] >= 50 and result["kills_with_progress_between"] >= 50  # every kill hit a live load
     assert result["lost"] == 0 and result["duplicated_ids"] == 0
     assert result["integrity_problems"] == []
     assert result["acknowledged"] > 0 and result["stored"] >= result["acknowledged"]
