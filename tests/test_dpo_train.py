@@ -148,9 +148,29 @@ def test_lora_base_as_live_reference_equals_the_cache(pairs_file, tmp_path):
 
 @pytest.mark.parametrize("loss", ["simpo", "orpo"])
 def test_reference_free_losses_need_no_reference(pairs_file, tmp_path, loss):
+    """The eval metrics must hang together. 48 pairs with their own prompts, eval_fraction 0.1: 5 eval
+    pairs, so accuracy is k/5. SimPO: loss_i = softplus(γ − m_i) is convex in the margin m_i, so by
+    Jensen the mean loss ≥ softplus(γ − mean margin) (γ = 0.5). ORPO: loss = NLL + λ·softplus(−log odds
+    ratio) > NLL, and its rewards are λ·ā, so rewards/chosen = −λ·NLL (λ = orpo_lambda)."""
     result = train(_cfg(pairs_file, tmp_path, loss=loss, batch={"max_steps": 2}, data={"eval_fraction": 0.1}))
     assert not (result.run_dir / REFERENCE_FILE).exists()
-    assert 0.0 <= result.summary["eval"]["rewards/accuracy"] <= 1.0 and "kl/estimate" not in result.summary["eval"]
+    ev = result.summary["eval"]
+    assert "kl/estimate" not in ev and ev["units"] == 5
+    correct = ev["rewards/accuracy"] * 5
+    assert abs(correct - round(correct)) < 1e-5, ev["rewards/accuracy"]
+    assert abs(ev["rewards/margin"] - (ev["rewards/chosen"] - ev["rewards/rejected"])) < 1e-5
+    if loss == "simpo":
+        gamma = result_params(result).simpo_gamma
+        assert ev["loss"] >= math.log1p(math.exp(gamma - ev["rewards/margin"])) - 1e-5, ev
+    else:
+        lam = result_params(result).orpo_lambda
+        assert ev["loss"] > ev["orpo/nll"] > 0, ev
+        assert abs(ev["rewards/chosen"] + lam * ev["orpo/nll"]) < 1e-4 * max(1.0, abs(ev["rewards/chosen"])), ev
+
+
+def result_params(result):
+    """The loss parameters the run used, read back from its saved config."""
+    return load_config(DPOConfig, result.run_dir / "config.yaml").loss_params
 
 
 def test_a_cache_for_other_data_is_refused(pairs_file, tmp_path):
