@@ -134,3 +134,24 @@ def test_cli_run_twice(tmp_path, capsys):
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count("cached") == 3 and CALLS == ["a", "b", "c"]
+
+
+def test_shipped_pipelines_and_example_configs_load():
+    """The demo pipeline (both profiles), the example pipeline and every stage's example config are valid."""
+    from pathlib import Path
+
+    from tuneloop.config import load_config
+    from tuneloop.demo import DEMO_PIPELINE
+    from tuneloop.evaluate.config import EvalConfig
+    from tuneloop.train.dpo_config import DPOConfig
+    from tuneloop.train.reward import RewardConfig
+    from tuneloop.train.sft import SFTConfig
+
+    examples = Path(__file__).parents[1] / "examples"
+    for profile in (None, "quick"):
+        demo = load_pipeline(DEMO_PIPELINE, profile=profile)
+        assert [s.name for s in demo.stages] == ["data", "sft", "sample", "label", "reward", "dpo", "eval", "report"]
+    assert load_pipeline(examples / "pipeline-small.yaml", profile="quick").variables["base"] == "tiny-llama"
+    for name, cls in (("sft-reviews", SFTConfig), ("reward-demo", RewardConfig), ("dpo-demo", DPOConfig),
+                      ("eval-demo", EvalConfig)):
+        load_config(cls, examples / f"{name}.yaml")
