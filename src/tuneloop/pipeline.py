@@ -18,8 +18,8 @@ A pipeline file::
 ``${vars.x}`` is a variable, ``${stage.output}`` an output of an earlier stage (``tuneloop run --list``
 shows each kind's outputs); a value that is only a reference keeps its type (numbers, booleans).
 
-Caching. A stage's key is the sha256 of its kind, its resolved config, the keys of the stages it reads
-from, and the content of every file or folder its config names outside the pipeline's folder. After a
+Caching. A stage's key is the sha256 of its kind, its resolved config, the tuneloop version, the keys
+of the stages it reads from, and the content of every file or folder its config names outside the pipeline's folder. After a
 stage succeeds, ``<stage>/stage.json`` records its key, outputs and time (atomically). On the next run a
 stage whose key matches a record whose outputs exist is skipped. So a second run runs nothing; changing
 one stage's config changes its key and, through the references, the keys of the stages that read from
@@ -235,7 +235,9 @@ def stage_key(stage: Stage, pipeline: Pipeline, records: dict[str, StageRecord])
     plain = resolve(stage.config, pipeline.variables, records)
     files = sorted({str(p) for p in _external_paths(plain, pipeline.out_dir)}
                    | {str(Path(resolve(i, pipeline.variables, records))) for i in stage.inputs})
-    payload: dict[str, Any] = {"uses": stage.uses, "with": config,
+    from tuneloop import __version__
+
+    payload: dict[str, Any] = {"uses": stage.uses, "with": config, "tuneloop": __version__,
                                "files": {f: content_hash(Path(f)) for f in files if Path(f).exists()}}
     if STAGE_KINDS[stage.uses].reads_all_stages:
         payload["stages"] = {name: r.key for name, r in records.items()}

@@ -24,6 +24,7 @@ from tuneloop.evaluate.policy import (
     win_rates,
 )
 from tuneloop.models import ModelConfig, load_causal_lm
+from tuneloop.rewards.evaluation import _json_safe  # NaN/inf → null, as the reward report writes them
 
 REWARD_MODEL = "reward_model"
 TABLE_COLUMNS = ("gold", REWARD_MODEL, "kl/k3_sequence", "kl/k1_token", "length/tokens", "truncation_rate",
@@ -104,20 +105,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     # 5. write and print
     result["side_by_side"] = _side_by_side(samples, prompts, cfg.samples_in_report)
     result["seconds"] = round(time.time() - started, 1)
-    atomic_write_text(out / "eval.json", json.dumps(_finite(result), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "eval.json", json.dumps(_json_safe(result), indent=2, ensure_ascii=False) + "\n")
     print(format_table(result))
     print(f"[tuneloop] eval: {out / 'eval.json'} ({result['seconds']:.0f}s)")
     return result
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _cell(metric: dict | None) -> str:
