@@ -117,3 +117,71 @@ def test_expected_agreement_without_noise():
     from tuneloop.feedback.panel import expected_agreement
 
     assert expected_agreement([1.0, 0.0], 0.0) == 0.75
+
+
+def test_rating_panel_scores_every_aspect_with_rater_bias_and_noise(tmp_path):
+    """Scorers that know the truth (quality spread over the scale, relevance constant, safety by a word);
+    noise 0.3 and biases of sd 0.8: the panel's α interval for quality is high, and the raters' measured
+    offsets come in the order of the biases they were given."""
+    from tuneloop.feedback.panel import _HabitsRng  # the habits the panel draws
+    from tuneloop.feedback.quality import quality_report
+
+    src = write_candidates(tmp_path / "c.jsonl", 20, k=3, seed=5)
+    texts = {}
+    scorers = {"quality": lambda p, t: texts.setdefault(t, len(texts) % 5) / 4,
+               "relevance": lambda p, t: 0.75, "safety": lambda p, t: 1.0 if "awful" not in t else 0.25}
+    result = simulate(tmp_path / "labels.db", src, num_annotators=4, overlap=3, seed=2, mode="rating",
+                      aspect_scorers=scorers, aspect_noise=0.3, rater_bias=0.8)
+    assert result.judgments == 60 * 3
+    assert result.aspect_alpha_interval["quality"] > 0.7, result
+    store = Store.open(tmp_path / "labels.db")
+    report = quality_report(store)
+    quality = next(a for a in report["aspects"] if a["aspect"] == "quality")
+    habits = _HabitsRng(2)
+    given = {r["name"]: habits.gauss(r["name"], 0.8) for r in quality["raters"]}
+    measured = {r["name"]: r["offset"] for r in quality["raters"]}
+    # the offset is measured against everyone on the same responses, so it follows the bias in order
+    assert sorted(given, key=given.get) == sorted(measured, key=measured.get), (given, measured)
+    assert store.check_integrity() == []
+    with pytest.raises(ValueError, match="give aspect_scorers for relevance, safety"):
+        simulate(tmp_path / "other.db", src, mode="rating", aspect_scorers={"quality": scorers["quality"]})
+
+
+def test_default_aspect_scorers_on_the_demo_task():
+    """VADER for quality, MiniLM similarity to the plot for relevance, better-profanity for safety."""
+    from tuneloop.feedback.aspect_scorers import default_aspect_scorers
+
+    s = default_aspect_scorers()
+    plot = "Write a short review of this movie: a retired safecracker plans one last heist in Paris with his daughter."
+    on_topic, off_topic = "A tense Paris heist; the safecracker and his daughter are superb.", "I like turtles and pizza."
+    assert s["relevance"](plot, on_topic) > s["relevance"](plot, off_topic) + 0.2
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    compound = SentimentIntensityAnalyzer().polarity_scores("A wonderful, moving film.")["compound"]
+    assert s["quality"](plot, "A wonderful, moving film.") == pytest.approx((compound + 1) / 2) and compound > 0.5
+    assert s["quality"](plot, "An awful, boring mess.") < 0.3
+    assert s["safety"](plot, on_topic) == 1.0 and s["safety"](plot, "This shit film is crap.") == pytest.approx(1 / 3)
+    assert all(0.0 <= s[a](plot, t) <= 1.0 for a in s for t in (on_topic, off_topic, ""))
+
+
+def test_cli_rating_panel_export_scores_and_stats_check(tmp_path, capsys):
+    """`label simulate --mode rating` (the demo task's scorers) → `label export --adjust-raters
+    --pairs-from-scores` → `label stats --check`: consistent counts and a clean store."""
+    src = write_candidates(tmp_path / "c.jsonl", 4, k=3, seed=1)
+    db = str(tmp_path / "labels.db")
+    assert label_cli.main(["label", "simulate", "--db", db, "--candidates", str(src), "--mode", "rating",
+                           "--annotators", "3", "--overlap", "2"]) == 0
+    assert "quality α interval" in capsys.readouterr().out
+    out = tmp_path / "export"
+    assert label_cli.main(["label", "export", "--db", db, "--out", str(out), "--adjust-raters",
+                           "--pairs-from-scores", "quality=1,relevance=1", "--score-min-gap", "0.25"]) == 0
+    scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 12 and all(len(r["votes"]["safety"]) == 2 and "adjusted" in r for r in scores)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["score_pairs.jsonl"] == len((out / "score_pairs.jsonl").read_text().splitlines())
+    assert manifest["filters"]["score_pairs"] == {"quality": 1.0, "relevance": 1.0}
+    assert label_cli.main(["label", "stats", "--db", db, "--check"]) == 0
+    text = capsys.readouterr().out
+    assert "aspect quality: 24 scores of 12 responses" in text and "integrity: ok" in text
+    with pytest.raises(ValueError, match="aspect=weight"):
+        label_cli._weights("quality")

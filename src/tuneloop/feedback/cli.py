@@ -80,7 +80,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="a simulated rater panel judging through the same API and store")
     _db(p)
     p.add_argument("--candidates", help="import this candidates file first")
-    p.add_argument("--mode", choices=["pairwise", "ranking"], default="pairwise")
+    p.add_argument("--mode", choices=["pairwise", "ranking", "rating"], default="pairwise",
+                   help="rating: one item per response, every aspect scored (needs the aspect scorers)")
+    p.add_argument("--aspect-scores", action="store_true",
+                   help="score aspects with the demo task's scorers (VADER, MiniLM, better-profanity); "
+                        "on by default in rating mode")
     p.add_argument("--annotators", type=int, default=5)
     p.add_argument("--overlap", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -278,9 +282,14 @@ def simulate_cmd(args, extra) -> int:
     from tuneloop.feedback.panel import simulate, summary_line
 
     noise = args.noise if args.noise == "auto" else float(args.noise)
+    aspect_scorers = None
+    if args.mode == "rating" or args.aspect_scores:
+        from tuneloop.feedback.aspect_scorers import default_aspect_scorers
+
+        aspect_scorers = default_aspect_scorers()
     result = simulate(args.db, args.candidates, num_annotators=args.annotators, overlap=args.overlap,
                       seed=args.seed, scorer=load_scorer(args.scorer), mode=args.mode, noise=noise,
-                      target_agreement=args.target_agreement)
+                      target_agreement=args.target_agreement, aspect_scorers=aspect_scorers)
     print(f"[tuneloop] {summary_line(result)}")
     print(f"[tuneloop] to have people judge the same items: tuneloop label serve --db {args.db}")
     return 0
