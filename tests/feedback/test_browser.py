@@ -352,3 +352,31 @@ def test_stable_labels_correction_rating_done_and_admin_page(browser, store, tmp
         assert admin.locator("#agreement-chart rect.bar").count() >= 5
         expect(admin.locator("#aspects")).to_contain_text("quality")
         _shot(admin, "admin", tmp_path)
+
+
+def test_aspect_scores_on_a_pairwise_item_with_the_keyboard(browser, store, tmp_path):
+    """With scores_on_comparisons, an aspect's key then a digit scores the focused response."""
+    import random
+
+    from tuneloop.feedback import assign
+    from tuneloop.feedback.importer import import_candidates
+
+    import_candidates(store, _write(tmp_path / "p.jsonl", [candidates_record(1, 2, random.Random(0))]))
+    store.set_setting("scores_on_comparisons", True)
+    ann = store.create_user("ann", "annotator", ANN_PW)
+    with LiveServer(store) as live:
+        page = browser.new_page()
+        _login_with_keyboard(page, live.url, "ann", ANN_PW)
+        page.wait_for_url("**/label")
+        page.wait_for_selector("#candidates .cand")
+        expect(page.locator("#aspect-panel")).to_contain_text("relevance")
+        for key in ("q", "4", "ArrowRight", "s", "2", "1"):  # A: quality 4; B: safety 2; A is better
+            page.keyboard.press(key)
+        expect(page.locator("#aspect-panel kbd.on")).to_have_text("s")  # B's safety is scored
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text("Saved.")
+        with store.read() as conn:
+            (row,) = assign.current_judgments(conn, ann)
+        a, b = (str(c) for c in row["display_order"])
+        assert row["answer"]["scores"] == {a: {"quality": 4}, b: {"safety": 2}}
+        assert row["answer"]["winner"] == int(a)
