@@ -57,7 +57,8 @@ def parse_args(argv=None):
 def prepare(args, work: Path):
     """Split by prompt, write the two JSONL files tuneloop reads, render the rows TRL gets."""
     from tuneloop.data import load_records
-    from tuneloop.data.preferences import preference_pairs, split_by_prompt
+    from tuneloop.data.preferences import preference_pairs
+    from tuneloop.data.split import split_by_prompt
     from tuneloop.models.loading import load_tokenizer, resolve_model_name
     from tuneloop.models.reward import Renderer, detect_kind
 

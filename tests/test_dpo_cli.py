@@ -54,7 +54,7 @@ def test_dpo_on_the_labelling_stores_judgments(tmp_path):
     """The demo's RL-free path: a simulated panel judges candidates in the labelling store; DPO trains on
     the store's own export, with no conversion."""
     from tuneloop.feedback import simulate
-    from tuneloop.train.dpo import dpo_on_judgments
+    from tuneloop.recipes import dpo_on_judgments
 
     words = ["great", "awful", "moving", "dull", "fun", "boring", "lovely", "bad"]
     rows = [{"prompt_id": f"p-{i:04d}", "prompt": f"Review movie {i}.",

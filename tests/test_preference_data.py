@@ -15,10 +15,10 @@ from tuneloop.data.preferences import (
     preference_pair,
     preference_pairs,
     ranking,
-    split_by_prompt,
     unpaired_example,
     unpaired_examples,
 )
+from tuneloop.data.split import split_by_prompt
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
 

@@ -38,6 +38,7 @@ class TemplateError(ValueError):
 class Tokenized:
     input_ids: list[int]
     loss_mask: list[int]  # 1 where the token is an assistant answer token (trained), else 0
+    group: str = ""  # hash of the prompt (the turns before the first answer): the unit of the eval split
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -21,7 +21,7 @@ Deliberate choices:
 - HH transcripts sometimes hold two "Assistant:" blocks in a row; consecutive turns of one role are
   merged into one message, joined by a blank line, so conversations alternate.
 - Every pair, ranking and example carries ``group``, a hash of its prompt: it is the unit of the
-  per-prompt weighting (InstructGPT §3.5, see ``pair_weights``) and of ``split_by_prompt``.
+  per-prompt weighting (InstructGPT §3.5, see ``pair_weights``) and of ``data.split.split_by_prompt``.
 - Extra keys are ignored (exports carry metadata). CSV cells are strings, so for ``.csv`` files
   ``margin``/``tie``/``label`` also accept "1.5", "true"/"false", and an empty cell means "not given".
 """
@@ -31,12 +31,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from tuneloop.data.formats import Message, messages_field, show_value, text_field
 from tuneloop.data.loading import Record
@@ -342,25 +341,3 @@ def pair_weights(pairs: Sequence[PreferencePair]) -> list[float]:
     """
     counts = Counter(p.group for p in pairs)
     return [1.0 / counts[p.group] for p in pairs]
-
-
-T = TypeVar("T", PreferencePair, Ranking, UnpairedExample)
-
-
-def split_by_prompt(items: Sequence[T], eval_fraction: float, seed: int) -> tuple[list[T], list[T]]:
-    """(train, eval) with no prompt in both: a share ``eval_fraction`` of the distinct prompts goes to eval.
-
-    The prompts are sorted, shuffled with ``random.Random(seed)``, and the first
-    round(eval_fraction × prompts) (at least 1 and at most all but 1, when 0 < eval_fraction < 1) are
-    held out. Items keep their input order inside each split. The same items and seed give the same split.
-    """
-    assert 0.0 <= eval_fraction <= 1.0, f"eval_fraction must be in [0, 1], got {eval_fraction}"
-    prompts = sorted({item.group for item in items})
-    random.Random(seed).shuffle(prompts)
-    held_out = round(eval_fraction * len(prompts))
-    if 0.0 < eval_fraction < 1.0 and len(prompts) >= 2:
-        held_out = min(max(held_out, 1), len(prompts) - 1)
-    eval_prompts = set(prompts[:held_out])
-    train = [item for item in items if item.group not in eval_prompts]
-    evaluation = [item for item in items if item.group in eval_prompts]
-    return train, evaluation

@@ -8,6 +8,7 @@ from typing import Literal
 from tuneloop.data.chat import Tokenized, render_with_mask
 from tuneloop.data.formats import sft_messages
 from tuneloop.data.loading import Record
+from tuneloop.data.preferences import prompt_key
 
 
 @dataclass
@@ -40,11 +41,13 @@ def tokenize_sft(records: list[Record], tokenizer, max_length: int,
     dropped = truncated = 0
     for messages in conversations:
         doc = render_with_mask(tokenizer, messages)
+        first_answer = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        doc.group = prompt_key(messages[:first_answer])
         if len(doc) > max_length:
             if too_long == "drop":
                 dropped += 1
                 continue
-            doc = Tokenized(doc.input_ids[:max_length], doc.loss_mask[:max_length])
+            doc = Tokenized(doc.input_ids[:max_length], doc.loss_mask[:max_length], doc.group)
             if doc.trained_tokens == 0:  # the answer was cut away entirely: nothing to learn from
                 dropped += 1
                 continue

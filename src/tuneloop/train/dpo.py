@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from tuneloop.atomic import atomic_dir
 from tuneloop.batches import PreferenceBatch
+from tuneloop.checkpoint import NamedState
 from tuneloop.config import ConfigError
 from tuneloop.losses.dpo import (
     DPOLoss,
@@ -44,11 +44,9 @@ from tuneloop.losses.dpo import (
 from tuneloop.models import ModelConfig, load_causal_lm
 from tuneloop.models.loading import load_tokenizer, save_model
 from tuneloop.models.logprobs import supports_logits_to_keep
+from tuneloop.models.modes import eval_mode
 from tuneloop.runs import RunDir
-from tuneloop.tracking import Tracker
-from tuneloop.train.accumulate import accumulate_gradients, optimizer_step
 from tuneloop.train.batch_plan import BatchPlan, make_batch_plan, step_micro_batches
-from tuneloop.train.curves import plot_curves
 from tuneloop.train.dpo_config import DPOConfig
 from tuneloop.train.dpo_data import (
     GRADED_NAMES,
@@ -66,12 +64,14 @@ from tuneloop.train.dpo_reference import (
     sequence_logps,
     visited_units,
 )
-from tuneloop.train.session import (
-    checkpoint,
-    open_run_dir,
+from tuneloop.train.loop import (
+    finish,
+    open_run,
     prepare_optimisation,
-    resume_if_any,
+    print_banner,
     start_accelerator,
+    start_loop,
+    update,
 )
 
 
@@ -181,8 +181,13 @@ def evaluate(model, batches: Batches, cfg: DPOConfig, keep_response_only: bool, 
     units = batches.units
     if not units:
         return {}
-    was_training = model.training
-    model.eval()
+    with eval_mode(model):
+        return _evaluate_split(model, batches, cfg, keep_response_only, device, live_reference)
+
+
+def _evaluate_split(model, batches: Batches, cfg: DPOConfig, keep_response_only: bool, device,
+                    live_reference: Callable | None) -> dict[str, float]:
+    units = batches.units
     size = cfg.batch.micro_batch_size
     chunks = [list(range(i, min(i + size, len(units)))) for i in range(0, len(units), size)]
     # KTO's z0 over the whole split (0 when the split has a single prompt, so no mismatched responses)
@@ -200,31 +205,21 @@ def evaluate(model, batches: Batches, cfg: DPOConfig, keep_response_only: bool, 
         loss_total += loss_sum.item()
         for key, value in batch_sums.items():
             sums[key] = sums.get(key, 0.0) + value
-    model.train(was_training)
     return {"loss": loss_total / sums["units"], **metric_means(sums), **extra}
 
 
 # --- set-up: data, reference log-probs, model ----------------------------------------------------
 
 @dataclass
-class _Session:
-    """Everything a run holds while it trains."""
+class _Setup:
+    """What the loop of a DPO run works on, besides the model, optimizer and schedule."""
 
-    accelerator: object
-    model: torch.nn.Module
-    tokenizer: object
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    plan: BatchPlan
-    run: RunDir
     train: Batches
     eval: Batches
     stats: DataStats
     keep_response_only: bool
     live_reference: Callable | None
     reference_seconds: float
-    start_step: int
-    units_seen: int
 
 
 def _reference_model(cfg: DPOConfig, policy):
@@ -232,65 +227,6 @@ def _reference_model(cfg: DPOConfig, policy):
         return policy
     model_cfg = ModelConfig(name=cfg.reference.model, attn_implementation=cfg.model.attn_implementation)
     return load_causal_lm(model_cfg, trainable=False)[0]
-
-
-def _setup(cfg: DPOConfig, resume_dir: str | Path | None) -> _Session:
-    if not cfg.data.train:
-        raise ConfigError("config key 'data.train' is required: a preference file (pairs, rankings, HH-RLHF "
-                          "transcripts, the labelling app's pairs.jsonl, or unpaired examples for KTO)")
-    accelerator = start_accelerator(cfg.run.seed)
-    # Data first: a bad file fails here, before any run folder exists.
-    tokenizer = load_tokenizer(cfg.model.name)
-    limits = Limits(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.too_long)
-    train_units, eval_units, stats = load_preference_data(cfg.data.train, cfg.data.eval,
-                                                          cfg.data.eval_fraction, cfg.run.seed,
-                                                          cfg.loss.is_paired, tokenizer, limits)
-    plan = make_batch_plan(cfg.batch, len(train_units), accelerator.num_processes)
-    model, tokenizer = load_causal_lm(cfg.model)
-    model.train()
-    keep = supports_logits_to_keep(model)
-    run = open_run_dir(cfg.run, "dpo", accelerator, resume_dir)
-    if accelerator.is_main_process:
-        run.write_config(cfg)
-        unit = "pairs" if cfg.loss.is_paired else "examples"
-        print(f"[tuneloop] dpo ({cfg.loss.value}): {len(train_units)} train / {len(eval_units)} eval {unit} "
-              f"({stats.dropped_ties} ties and {stats.dropped_too_long} too long left out), "
-              f"{plan.total_steps} steps of {plan.batch_size} ({plan.accumulation_steps} × "
-              f"{plan.micro_batch_size} × {accelerator.num_processes} processes); reference "
-              f"{cfg.reference.mode}; run folder {run.path}", flush=True)
-    t0 = time.time()
-    reference = None
-    if cfg.loss.needs_reference and cfg.reference.mode == "precomputed":
-        # Before any update (and before a resumed run loads its checkpoint): the model is the reference.
-        visited = visited_units(plan, cfg.run.seed, len(train_units), accelerator.num_processes)
-        sets = reference_sets(train_units, eval_units, visited, cfg.loss.is_paired)
-        reference = cached_reference(run.path / REFERENCE_FILE, sets, cfg.reference.model or cfg.model.name,
-                                     lambda: _reference_model(cfg, model), accelerator,
-                                     layout=cfg.data.layout, pad_id=tokenizer.pad_token_id,
-                                     token_budget=cfg.reference.tokens_per_forward)
-    reference_seconds = time.time() - t0
-    model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, accelerator)
-    state = resume_if_any(run, model, optimizer, scheduler, accelerator) if resume_dir is not None else None
-    live = live_reference(model, accelerator, keep) if cfg.reference.mode == "lora_base" else None
-    if accelerator.is_main_process and reference is not None:
-        print(f"[tuneloop] dpo: reference log-probs ready ({reference_seconds:.1f} s)", flush=True)
-    pad_id = tokenizer.pad_token_id
-    return _Session(accelerator, model, tokenizer, optimizer, scheduler, plan, run,
-                    Batches(train_units, "train", reference, cfg, pad_id),
-                    Batches(eval_units, "eval", reference, cfg, pad_id), stats, keep, live, reference_seconds,
-                    state["step"] if state else 0, state["units_seen"] if state else 0)
-
-
-# --- the loop ----------------------------------------------------------------------------------
-
-def _step_reference_point(s: _Session, indices: list[list[int]]) -> tuple[torch.Tensor, float]:
-    """KTO's z0 for one optimizer step, over every process's mismatched sequences of the step."""
-    device = s.accelerator.device
-    mismatched = [s.train.mismatched(i).to(device) for i in indices]
-    policy, reference = policy_and_reference_logps(s.model, mismatched, s.keep_response_only,
-                                                   s.live_reference)
-    policy, reference = s.accelerator.gather(policy), s.accelerator.gather(reference)
-    return kto_reference_point(policy, reference), (policy - reference).mean().item()
 
 
 def train(cfg: DPOConfig, resume_dir: str | Path | None = None,
@@ -301,55 +237,99 @@ def train(cfg: DPOConfig, resume_dir: str | Path | None = None,
     ``on_micro_batch(step, micro_index)`` is called after every backward pass (tests use it to stop a
     run at a chosen point).
     """
-    s = _setup(cfg, resume_dir)
-    acc, plan = s.accelerator, s.plan
-    tracker = Tracker(s.run.path, plan.total_steps, s.start_step, enabled=acc.is_main_process,
-                      description=f"dpo ({cfg.loss.value})", use_wandb=cfg.wandb)
-    if cfg.eval_at_start and s.start_step == 0 and acc.is_main_process:
-        tracker.log(0, _evaluate(s, cfg), "eval")
-    t_start, units_at_start, units_seen = time.time(), s.units_seen, s.units_seen
-    for step in range(s.start_step, plan.total_steps):
-        t_step = time.time()
-        # 1. this process's micro-batches of the step (a pure function of seed and step)
+    if not cfg.data.train:
+        raise ConfigError("config key 'data.train' is required: a preference file (pairs, rankings, HH-RLHF "
+                          "transcripts, the labelling app's pairs.jsonl, or unpaired examples for KTO)")
+    # 1. accelerator; data first, so a bad file fails before any run folder exists
+    acc = start_accelerator(cfg.run.seed)
+    tokenizer = load_tokenizer(cfg.model.name)
+    limits = Limits(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.too_long)
+    train_units, eval_units, stats = load_preference_data(cfg.data.train, cfg.data.eval, cfg.data.eval_fraction,
+                                                          cfg.run.seed, cfg.loss.is_paired, tokenizer, limits)
+    plan = make_batch_plan(cfg.batch, len(train_units), acc.num_processes)
+    # 2. the policy; run folder; reference log-probs, before any update (a resumed run reads its cache)
+    model, tokenizer = load_causal_lm(cfg.model)
+    model.train()
+    keep = supports_logits_to_keep(model)
+    run = open_run(cfg, "dpo", acc, resume_dir)
+    unit = "pairs" if cfg.loss.is_paired else "examples"
+    print_banner(acc, "dpo", f"{cfg.loss.value}, {len(train_units)} train / {len(eval_units)} eval {unit} "
+                 f"({stats.dropped_ties} ties and {stats.dropped_too_long} too long left out), reference "
+                 f"{cfg.reference.mode}", plan, run)
+    reference, reference_seconds = _precompute_reference(cfg, acc, run, model, tokenizer, plan, train_units,
+                                                         eval_units)
+    # 3. optimizer, schedule; resume
+    model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, acc)
+    state = NamedState({"model": model}, {"model": optimizer}, {"model": scheduler}, {"units_seen": 0})
+    loop = start_loop(cfg, "dpo", acc, run, plan, state, resume_dir is not None, None,
+                      description=f"dpo ({cfg.loss.value})")
+    live = live_reference(model, acc, keep) if cfg.reference.mode == "lora_base" else None
+    pad_id = tokenizer.pad_token_id
+    s = _Setup(Batches(train_units, "train", reference, cfg, pad_id),
+               Batches(eval_units, "eval", reference, cfg, pad_id), stats, keep, live, reference_seconds)
+
+    def evaluate_now():
+        return evaluate(acc.unwrap_model(model), s.eval, cfg, keep, acc.device, live)
+
+    if cfg.eval_at_start and loop.start_step == 0 and loop.is_main:
+        loop.tracker.log(0, evaluate_now(), "eval")
+    for step in loop.steps():
+        # 4. this process's micro-batches of the step (a pure function of seed and step)
         indices = step_micro_batches(plan, step, cfg.run.seed, len(s.train.units), acc.process_index)
         micro = [s.train.graded(i) for i in indices]
-        # 2. KTO: the reference point z0 of the whole step, fixed before any gradient is taken
-        reference_point, kl = _step_reference_point(s, indices) if cfg.loss is DPOLoss.KTO else (None, None)
+        # 5. KTO: the reference point z0 of the whole step, fixed before any gradient is taken
+        reference_point, kl = _step_reference_point(acc, model, s, indices) if cfg.loss is DPOLoss.KTO \
+            else (None, None)
 
-        # 3. forward/backward, each summed loss divided by the step's global number of pairs (examples)
+        # 6. forward/backward, each summed loss divided by the step's global number of pairs (examples);
+        #    clip, optimizer, schedule
         def loss_sum_fn(model, batch, z0=reference_point):
-            return batch_loss_sum(model, batch.to(acc.device), cfg.loss, cfg.loss_params,
-                                  s.keep_response_only, z0, s.live_reference)
+            return batch_loss_sum(model, batch.to(acc.device), cfg.loss, cfg.loss_params, keep, z0, live)
 
-        hook = (lambda i, step=step: on_micro_batch(step, i)) if on_micro_batch else None
-        totals = accumulate_gradients(s.model, micro, loss_sum_fn, lambda b: b.num_units, acc, hook)
-        # 4. clip, optimizer, schedule
-        grad_norm, lr = optimizer_step(s.model, s.optimizer, s.scheduler, acc, cfg.optim.max_grad_norm)
-        # 5. log, evaluate, checkpoint
-        done = step + 1
-        units_seen += int(totals.count)
-        elapsed = max(time.time() - t_start, 1e-9)
-        if done % cfg.log_every == 0 or done == plan.total_steps:
-            extra = {"kl/estimate": kl} if kl is not None else {}
-            tracker.log(done, {"loss": totals.loss, **metric_means(totals.metrics), **extra, "lr": lr,
-                               "grad_norm": grad_norm, "units_per_s": (units_seen - units_at_start) / elapsed,
-                               "step_time_s": time.time() - t_step, "epoch": step / plan.steps_per_epoch})
+        totals, grad_norm, lr = update(loop, "model", micro, loss_sum_fn, lambda b: b.num_units, step,
+                                       cfg.optim.max_grad_norm, on_micro_batch)
+        # 7. log, evaluate, checkpoint on schedule
+        state.plain["units_seen"] += int(totals.count)
+        extra = {"kl/estimate": kl} if kl is not None else {}
         shown = {"acc": round(totals.metrics["rewards/accuracy"] / totals.count, 3)} \
             if "rewards/accuracy" in totals.metrics else {}
-        tracker.progress(1, loss=totals.loss, **shown)
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != plan.total_steps and acc.is_main_process:
-            tracker.log(done, _evaluate(s, cfg), "eval")
-        if cfg.save_every and done % cfg.save_every == 0:
-            checkpoint(s.run, done, s.model, s.optimizer, s.scheduler, acc, {"units_seen": units_seen},
-                       cfg.keep_checkpoints)
-    rate = (units_seen - units_at_start) / max(time.time() - t_start, 1e-9)
-    summary = _finish(cfg, s, tracker, units_seen, rate)
-    return DPOResult(s.run.path, s.run.model, summary)
+        loop.end_step(step, {"loss": totals.loss, **metric_means(totals.metrics), **extra, "lr": lr,
+                             "grad_norm": grad_norm, "units_per_s": loop.per_second("units_seen")},
+                      evaluate_now, {"loss": totals.loss, **shown})
+    # 8. final evaluation, model folder, curves, summary
+    summary = finish(loop, evaluate_now,
+                     lambda folder: save_model(acc.unwrap_model(model), tokenizer, folder, cfg.model.lora),
+                     {"stage": "dpo", "loss": cfg.loss.value, "units_per_s": loop.per_second("units_seen"),
+                      "reference": {"mode": cfg.reference.mode, "seconds": reference_seconds},
+                      "data": stats.summary()},
+                     CURVE_PANELS, f"{run.path.name}: {cfg.loss.value}, {cfg.model.name}")
+    return DPOResult(run.path, run.model, summary)
 
 
-def _evaluate(s: _Session, cfg: DPOConfig) -> dict[str, float]:
-    return evaluate(s.accelerator.unwrap_model(s.model), s.eval, cfg, s.keep_response_only,
-                    s.accelerator.device, s.live_reference)
+def _precompute_reference(cfg: DPOConfig, acc, run: RunDir, model, tokenizer, plan: BatchPlan, train_units: list,
+                          eval_units: list) -> tuple[dict[str, torch.Tensor] | None, float]:
+    """The cached reference log-probs of every unit the run visits (None: reference-free or live), and
+    the seconds they took."""
+    if not (cfg.loss.needs_reference and cfg.reference.mode == "precomputed"):
+        return None, 0.0
+    t0 = time.time()
+    visited = visited_units(plan, cfg.run.seed, len(train_units), acc.num_processes)
+    sets = reference_sets(train_units, eval_units, visited, cfg.loss.is_paired)
+    reference = cached_reference(run.path / REFERENCE_FILE, sets, cfg.reference.model or cfg.model.name,
+                                 lambda: _reference_model(cfg, model), acc, layout=cfg.data.layout,
+                                 pad_id=tokenizer.pad_token_id, token_budget=cfg.reference.tokens_per_forward)
+    seconds = time.time() - t0
+    if acc.is_main_process:
+        print(f"[tuneloop] dpo: reference log-probs ready ({seconds:.1f} s)", flush=True)
+    return reference, seconds
+
+
+def _step_reference_point(acc, model, s: _Setup, indices: list[list[int]]) -> tuple[torch.Tensor, float]:
+    """KTO's z0 for one optimizer step, over every process's mismatched sequences of the step."""
+    mismatched = [s.train.mismatched(i).to(acc.device) for i in indices]
+    policy, reference = policy_and_reference_logps(model, mismatched, s.keep_response_only, s.live_reference)
+    policy, reference = acc.gather(policy), acc.gather(reference)
+    return kto_reference_point(policy, reference), (policy - reference).mean().item()
 
 
 CURVE_PANELS = [
@@ -360,29 +340,6 @@ CURVE_PANELS = [
     ("log-probs", ["logps/chosen", "logps/rejected", "logps/desirable", "logps/undesirable"]),
     ("KL estimate", ["kl/estimate", "kto/reference_point"]),
 ]
-
-
-def _finish(cfg: DPOConfig, s: _Session, tracker: Tracker, units_seen: int, units_per_s: float) -> dict:
-    """Final evaluation, the model folder (written atomically), summary.json and curves.png."""
-    summary: dict = {}
-    if s.accelerator.is_main_process:
-        eval_metrics = _evaluate(s, cfg)
-        tracker.log(s.plan.total_steps, eval_metrics, "eval")
-        tracker.close()
-        with atomic_dir(s.run.model, replace=True) as tmp:
-            save_model(s.accelerator.unwrap_model(s.model), s.tokenizer, tmp, cfg.model.lora)
-        curves = plot_curves(s.run.metrics, s.run.path / "curves.png", CURVE_PANELS,
-                             f"{s.run.path.name}: {cfg.loss.value}, {cfg.model.name}")
-        summary = {"stage": "dpo", "loss": cfg.loss.value, "steps": s.plan.total_steps,
-                   "units_seen": units_seen, "units_per_s": units_per_s,
-                   "reference": {"mode": cfg.reference.mode, "seconds": s.reference_seconds},
-                   "eval": eval_metrics, "data": s.stats.summary(), "model_dir": str(s.run.model),
-                   "curves": str(curves) if curves else None}
-        s.run.write_summary(summary)
-    else:
-        tracker.close()
-    s.accelerator.wait_for_everyone()
-    return summary
 
 
 def dpo_on_pairs(pairs: str | Path, model: str | Path, out_dir: str | Path, *, quick: bool = False,
@@ -403,14 +360,3 @@ def dpo_on_pairs(pairs: str | Path, model: str | Path, out_dir: str | Path, *, q
                  "optim": {"lr": 1e-3 if quick else 5e-4, "warmup_steps": 2},
                  "run": {"out_dir": str(out_dir), "name": "dpo", "seed": 0}}
     return train(load_config(DPOConfig, overrides=overrides))
-
-
-def dpo_on_judgments(store, model: str | Path, out_dir: str | Path, *, aggregate: str = "majority",
-                     **kwargs) -> DPOResult:
-    """``dpo_on_pairs`` on a labelling store (a ``Store`` or its database path): its pairs are exported
-    exactly as ``tuneloop label export`` writes them, to ``<out_dir>/dpo-pairs.jsonl``."""
-    from tuneloop.feedback.export import export_pairs
-
-    pairs = Path(out_dir) / "dpo-pairs.jsonl"
-    export_pairs(store, pairs, aggregate=aggregate)
-    return dpo_on_pairs(pairs, model, out_dir, **kwargs)

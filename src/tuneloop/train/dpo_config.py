@@ -12,10 +12,12 @@ from typing import Literal
 import torch
 
 from tuneloop.losses.dpo import DPOLoss, DPOParams, PairLogps, UnpairedLogps, dpo_family_loss
+from tuneloop.data.split import EVAL_FRACTION, check_eval_fraction
 from tuneloop.models import ModelConfig
 from tuneloop.runs import RunConfig
 from tuneloop.train.batch_plan import BatchConfig
 from tuneloop.train.dpo_data import Layout
+from tuneloop.train.loop import LoopConfig
 from tuneloop.train.optim import OptimConfig
 
 
@@ -26,7 +28,7 @@ class DPODataConfig:
     or for KTO unpaired {prompt, completion, label} records; JSONL/Parquet/CSV or a saved HF dataset."""
     eval: str | None = None
     """Held-out data in the same forms; when null, eval_fraction of the training prompts is held out."""
-    eval_fraction: float = 0.05
+    eval_fraction: float = EVAL_FRACTION
     """Share of the distinct training prompts held out when no eval file is given (0 disables)."""
     max_length: int = 512
     """Maximum tokens of prompt + response."""
@@ -45,8 +47,7 @@ class DPODataConfig:
         if not 1 <= self.max_prompt_length < self.max_length:
             raise ValueError(f"need 1 ≤ data.max_prompt_length < data.max_length, got "
                              f"{self.max_prompt_length} and {self.max_length}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        check_eval_fraction(self.eval_fraction)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class ReferenceConfig:
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(LoopConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy to train (and, unless reference.model is set, the reference)."""
     data: DPODataConfig = field(default_factory=DPODataConfig)
@@ -78,20 +79,11 @@ class DPOConfig:
     """Optimizer and learning-rate schedule."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run folder and seed."""
-    log_every: int = 1
-    """Log training metrics every N optimizer steps."""
-    eval_every: int = 0
-    """Evaluate every N optimizer steps (0: only at the end)."""
     eval_at_start: bool = False
     """Also evaluate before the first update (for reference-based losses the implicit rewards are then 0)."""
-    save_every: int = 0
-    """Write a resumable checkpoint every N optimizer steps (0: never)."""
-    keep_checkpoints: int = 2
-    """How many of the newest checkpoints to keep."""
-    wandb: bool = False
-    """Also log to Weights & Biases (needs the wandb extra)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_loss(self.loss, self.loss_params)
         if self.reference.mode == "lora_base" and not self.model.lora.enabled:
             raise ValueError("reference.mode 'lora_base' needs model.lora.enabled: true (the base is the "

@@ -28,7 +28,8 @@ from tuneloop.data import load_records
 from tuneloop.data.chat import TemplateError, render_text
 from tuneloop.data.formats import Message
 from tuneloop.data.packing import pack_best_fit
-from tuneloop.data.preferences import preference_pairs, split_by_prompt, unpaired_examples
+from tuneloop.data.preferences import preference_pairs, unpaired_examples
+from tuneloop.data.split import split_by_prompt
 
 
 @dataclass

@@ -22,7 +22,6 @@ mean 0 and std 1; Ziegler et al. 2019) and the model folder ``model/`` with ``tu
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,9 @@ from typing import Literal
 
 import torch
 
-from tuneloop.atomic import atomic_dir
+from tuneloop.checkpoint import NamedState
 from tuneloop.config import ConfigError
-from tuneloop.data.preferences import split_by_prompt
+from tuneloop.data.split import EVAL_FRACTION, check_eval_fraction, split_by_prompt
 from tuneloop.losses.preference import (
     bradley_terry_loss,
     plackett_luce_loss,
@@ -42,6 +41,7 @@ from tuneloop.losses.preference import (
 from tuneloop.losses.preference_metrics import pair_accuracy
 from tuneloop.models.bundled_encoder import BUNDLED_ENCODER
 from tuneloop.models.loading import ModelConfig, load_tokenizer, resolve_model_name
+from tuneloop.models.modes import eval_mode
 from tuneloop.models.reward import (
     TEMPLATES,
     Encoded,
@@ -56,9 +56,16 @@ from tuneloop.models.reward import (
 from tuneloop.report import reward_figures
 from tuneloop.rewards.evaluation import ScoredPairs, write_report
 from tuneloop.runs import RunConfig, RunDir
-from tuneloop.tracking import Tracker
-from tuneloop.train.accumulate import accumulate_gradients, optimizer_step
-from tuneloop.train.batch_plan import BatchConfig, BatchPlan, make_batch_plan, step_micro_batches
+from tuneloop.train.batch_plan import BatchConfig, make_batch_plan, step_micro_batches
+from tuneloop.train.loop import (
+    LoopConfig,
+    finish,
+    open_run,
+    prepare_optimisation,
+    start_accelerator,
+    start_loop,
+    update,
+)
 from tuneloop.train.optim import OptimConfig
 from tuneloop.train.reward_data import (
     Comparison,
@@ -68,13 +75,6 @@ from tuneloop.train.reward_data import (
     make_batch,
     set_prompt_weights,
 )
-from tuneloop.train.session import (
-    checkpoint,
-    open_run_dir,
-    prepare_optimisation,
-    resume_if_any,
-    start_accelerator,
-)
 
 
 @dataclass
@@ -83,12 +83,15 @@ class RewardDataConfig:
     """Judgments: pairs, HH-RLHF transcripts, rankings or a labelling-app export (JSONL/Parquet/CSV/dataset folder)."""
     eval: str | None = None
     """Held-out judgments in the same forms; when null, eval_fraction of the training prompts is held out."""
-    eval_fraction: float = 0.1
+    eval_fraction: float = EVAL_FRACTION
     """Share of distinct prompts held out for evaluation when no eval file is given (split by prompt, fixed seed)."""
     reference: str | None = None
     """Policy samples to normalise scores on (a `tuneloop sample` candidates file, or pairs); null: the eval responses."""
     max_length: int = 512
     """Tokens per (prompt, response); longer ones keep the whole response and the end of the prompt."""
+
+    def __post_init__(self) -> None:
+        check_eval_fraction(self.eval_fraction)
 
 
 @dataclass
@@ -134,7 +137,7 @@ class RewardOptimConfig(OptimConfig):
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(LoopConfig):
     model: RewardModelConfig = field(default_factory=RewardModelConfig)
     """The backbone and its scalar head."""
     data: RewardDataConfig = field(default_factory=RewardDataConfig)
@@ -154,16 +157,6 @@ class RewardConfig:
     (small chunks of similar lengths waste little on padding; the activations of all are kept for one backward)."""
     eval_tie_threshold: float = 0.5
     """A held-out tie 'agrees' when |r_1 − r_2| is below this (raw reward units)."""
-    log_every: int = 1
-    """Log training metrics every N optimizer steps."""
-    eval_every: int = 0
-    """Evaluate every N optimizer steps (0: only at the end)."""
-    save_every: int = 0
-    """Write a resumable checkpoint every N optimizer steps (0: never)."""
-    keep_checkpoints: int = 2
-    """How many of the newest checkpoints to keep."""
-    wandb: bool = False
-    """Also log to Weights & Biases (needs the wandb extra)."""
 
 
 @dataclass
@@ -245,11 +238,9 @@ def loss_sum(scores: torch.Tensor, batch: ComparisonBatch, cfg: RewardLossConfig
 @torch.no_grad()
 def score_units(model: RewardModel, units: list[Comparison], max_batch_tokens: int) -> list[torch.Tensor]:
     """Raw rewards of every candidate of every unit (one (K,) tensor per unit), in eval mode."""
-    was_training = model.training
-    model.eval()
     rows = [row for u in units for row in u.rows]
-    flat = score_encoded(model, rows, max_batch_tokens).cpu() if rows else torch.zeros(0)
-    model.train(was_training)
+    with eval_mode(model):
+        flat = score_encoded(model, rows, max_batch_tokens).cpu() if rows else torch.zeros(0)
     out, start = [], 0
     for u in units:
         out.append(flat[start:start + len(u.rows)])
@@ -283,39 +274,8 @@ def evaluate(model: RewardModel, units: list[Comparison], cfg: RewardConfig,
     return out
 
 
-@dataclass
-class _Session:
-    accelerator: object
-    model: RewardModel
-    tokenizer: object
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    data: _Data
-    plan: BatchPlan
-    run: RunDir
-    start_step: int
-    units_seen: int
-
-
-def _setup(cfg: RewardConfig, resume_dir: str | Path | None) -> _Session:
-    accelerator = start_accelerator(cfg.run.seed)
-    # Data first: a bad file fails here, before any run folder exists.
-    data = prepare_data(cfg, load_tokenizer(cfg.model.name))
-    plan = make_batch_plan(cfg.batch, len(data.train), accelerator.num_processes)
-    model, tokenizer = build_reward_model(cfg.model, data.kind, cfg.disable_dropout)
-    model.train()
-    model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, accelerator)
-    run = open_run_dir(cfg.run, "reward", accelerator, resume_dir)
-    state = resume_if_any(run, model, optimizer, scheduler, accelerator) if resume_dir is not None else None
-    if accelerator.is_main_process:
-        run.write_config(cfg)
-        rankings = sum(not u.is_pair for u in data.train)
-        print(f"[tuneloop] reward: {cfg.model.name} as {data.kind}; {len(data.train)} train units "
-              f"({rankings} rankings) over {len({u.group for u in data.train})} prompts, {len(data.eval)} eval "
-              f"units; {plan.total_steps} steps of {plan.batch_size} ({plan.accumulation_steps} × "
-              f"{plan.micro_batch_size} × {accelerator.num_processes} processes); run folder {run.path}")
-    return _Session(accelerator, model, tokenizer, optimizer, scheduler, data, plan, run,
-                    state["step"] if state else 0, state["units_seen"] if state else 0)
+CURVE_PANELS = [("loss", ["loss"]), ("pairwise accuracy", ["accuracy"]), ("learning rate", ["lr"]),
+                ("gradient norm", ["grad_norm"]), ("units per second", ["units_per_s"])]
 
 
 def train(cfg: RewardConfig, resume_dir: str | Path | None = None,
@@ -325,44 +285,53 @@ def train(cfg: RewardConfig, resume_dir: str | Path | None = None,
     ``resume_dir``: continue that run from its newest complete checkpoint. ``on_micro_batch(step,
     micro_index)`` is called after every backward pass (tests use it to stop a run at a chosen point).
     """
-    s = _setup(cfg, resume_dir)
-    acc, plan, data = s.accelerator, s.plan, s.data
-    tracker = Tracker(s.run.path, plan.total_steps, s.start_step, enabled=acc.is_main_process,
-                      description="reward", use_wandb=cfg.wandb)
-    t_start, units_at_start, units_seen = time.time(), s.units_seen, s.units_seen
+    # 1. accelerator; data first, so a bad file fails before any run folder exists
+    acc = start_accelerator(cfg.run.seed)
+    data = prepare_data(cfg, load_tokenizer(cfg.model.name))
+    plan = make_batch_plan(cfg.batch, len(data.train), acc.num_processes)
+    # 2. backbone + scalar head, optimizer, schedule; run folder; resume
+    model, tokenizer = build_reward_model(cfg.model, data.kind, cfg.disable_dropout)
+    model.train()
+    model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, acc)
+    run = open_run(cfg, "reward", acc, resume_dir)
+    state = NamedState({"model": model}, {"model": optimizer}, {"model": scheduler}, {"units_seen": 0})
+    rankings = sum(not u.is_pair for u in data.train)
+    loop = start_loop(cfg, "reward", acc, run, plan, state, resume_dir is not None,
+                      f"{cfg.model.name} as {data.kind}; {len(data.train)} train units ({rankings} rankings) over "
+                      f"{len({u.group for u in data.train})} prompts, {len(data.eval)} eval units")
 
     def loss_sum_fn(model, batch: ComparisonBatch):
         return loss_sum(score_encoded(model, batch.rows, cfg.max_batch_tokens), batch, cfg.loss)
 
-    for step in range(s.start_step, plan.total_steps):
-        t_step = time.time()
-        # 1. this process's micro-batches of the step (a pure function of seed and step)
+    for step in loop.steps():
+        # 3. this process's micro-batches of the step (a pure function of seed and step)
         micro = [make_batch([data.train[i] for i in idx])
                  for idx in step_micro_batches(plan, step, cfg.run.seed, len(data.train), acc.process_index)]
-        # 2-3. score, weighted losses; each sum divided by the step's global weight
-        hook = (lambda i, step=step: on_micro_batch(step, i)) if on_micro_batch else None
-        totals = accumulate_gradients(s.model, micro, loss_sum_fn, lambda b: b.weight_sum, acc, hook)
-        # 4. clip, optimizer, schedule
-        grad_norm, lr = optimizer_step(s.model, s.optimizer, s.scheduler, acc, cfg.optim.max_grad_norm)
-        # 5. log, evaluate, checkpoint
-        done = step + 1
+        # 4. score, weighted losses, each sum divided by the step's global weight; clip, optimizer, schedule
+        totals, grad_norm, lr = update(loop, "model", micro, loss_sum_fn, lambda b: b.weight_sum, step,
+                                       cfg.optim.max_grad_norm, on_micro_batch)
+        # 5. log, evaluate, checkpoint on schedule
         m = totals.metrics
-        units_seen += int(m["units"])
-        units_per_s = (units_seen - units_at_start) / max(time.time() - t_start, 1e-9)
-        if done % cfg.log_every == 0 or done == plan.total_steps:
-            tracker.log(done, {"loss": totals.loss, "accuracy": m["correct"] / max(m["ordered"], 1.0), "lr": lr,
-                               "grad_norm": grad_norm, "units": m["units"], "tokens": m["tokens"],
-                               "units_per_s": units_per_s, "step_time_s": time.time() - t_step,
-                               "epoch": step / plan.steps_per_epoch})
-        tracker.progress(1, loss=totals.loss, units_s=round(units_per_s, 1))
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != plan.total_steps and acc.is_main_process:
-            tracker.log(done, evaluate(acc.unwrap_model(s.model), data.eval, cfg), "eval")
-        if cfg.save_every and done % cfg.save_every == 0:
-            checkpoint(s.run, done, s.model, s.optimizer, s.scheduler, acc, {"units_seen": units_seen},
-                       cfg.keep_checkpoints)
-    units_per_s = (units_seen - units_at_start) / max(time.time() - t_start, 1e-9)
-    summary = _finish(cfg, s, tracker, units_seen, units_per_s, time.time() - t_start)
-    return RewardResult(s.run.path, s.run.model, summary)
+        state.plain["units_seen"] += int(m["units"])
+        loop.end_step(step, {"loss": totals.loss, "accuracy": m["correct"] / max(m["ordered"], 1.0), "lr": lr,
+                             "grad_norm": grad_norm, "units": m["units"], "tokens": m["tokens"],
+                             "units_per_s": loop.per_second("units_seen")},
+                      lambda: evaluate(acc.unwrap_model(model), data.eval, cfg),
+                      {"loss": totals.loss, "units_s": round(loop.per_second("units_seen"), 1)})
+    # 6. held-out report and normalisation, model folder with tuneloop_reward.json, curves, summary
+    extra = {"stage": "reward", "units_per_s": loop.per_second("units_seen"), "kind": data.kind,
+             "eval_report": str(run.path / "eval" / "report.json")}
+    final = _Final(cfg, acc.unwrap_model(model), data, run, extra)
+    summary = finish(loop, final.evaluate,
+                     lambda folder: save_reward_model(final.model, tokenizer, folder, final.info,
+                                                      keep_adapter=cfg.model.lora.save == "both"),
+                     extra, CURVE_PANELS, f"{run.path.name}: reward, {cfg.model.name}")
+    if loop.is_main:
+        report = final.report
+        acc_text = f"{report['accuracy']:.3f}" if "accuracy" in report else "n/a"
+        print(f"[tuneloop] reward: held-out accuracy {acc_text} on {int(report.get('pairs', 0))} pairs; "
+              f"model in {run.model}")
+    return RewardResult(run.path, run.model, summary)
 
 
 def fit_normalisation(raw: torch.Tensor) -> tuple[float, float, dict]:
@@ -374,42 +343,36 @@ def fit_normalisation(raw: torch.Tensor) -> tuple[float, float, dict]:
     return 1.0 / std, -mean / std, {"count": int(raw.numel()), "raw_mean": mean, "raw_std": std}
 
 
-def _finish(cfg: RewardConfig, s: _Session, tracker: Tracker, units_seen: int, units_per_s: float,
-            seconds: float) -> dict:
-    """Held-out report, normalisation, the model folder (atomic) with tuneloop_reward.json, summary.json."""
-    summary: dict = {}
-    if s.accelerator.is_main_process:
-        model = s.accelerator.unwrap_model(s.model)
-        eval_scores = score_units(model, s.data.eval, cfg.max_batch_tokens)
-        report = _eval_report(cfg, model, s, eval_scores)
-        tracker.log(s.plan.total_steps, {k: v for k, v in report.items() if isinstance(v, float)}, "eval")
-        raw, source = _reference_scores(cfg, model, s.data, eval_scores)
+class _Final:
+    """The final evaluation of the reward stage: the held-out report, then the normalisation fitted on
+    the reference scores, which the model folder's ``tuneloop_reward.json`` and the summary record."""
+
+    def __init__(self, cfg: RewardConfig, model: RewardModel, data: _Data, run: RunDir, summary: dict):
+        self.cfg, self.model, self.data, self.run, self.summary = cfg, model, data, run, summary
+        self.report: dict = {}
+        self.info: RewardModelInfo | None = None
+
+    def evaluate(self) -> dict:
+        cfg, data = self.cfg, self.data
+        eval_scores = score_units(self.model, data.eval, cfg.max_batch_tokens)
+        self.report = _eval_report(cfg, self.model, data.eval, self.run, eval_scores)
+        raw, source = _reference_scores(cfg, self.model, data, eval_scores)
         gain, bias, stats = fit_normalisation(raw) if raw.numel() >= 2 else (1.0, 0.0, {"count": int(raw.numel())})
-        info = RewardModelInfo(kind=s.data.kind, template=TEMPLATES[s.data.kind], max_length=cfg.data.max_length,
-                               backbone=cfg.model.name, gain=gain, bias=bias, normalisation={"source": source, **stats},
-                               eval_accuracy=report.get("accuracy"), eval_pairs=int(report.get("pairs", 0)))
-        with atomic_dir(s.run.model, replace=True) as tmp:
-            save_reward_model(model, s.tokenizer, tmp, info, keep_adapter=cfg.model.lora.save == "both")
-        summary = {"stage": "reward", "steps": s.plan.total_steps, "units_seen": units_seen,
-                   "units_per_s": units_per_s, "train_seconds": seconds, "kind": s.data.kind,
-                   "eval": {k: v for k, v in report.items() if not isinstance(v, (dict, list))},
-                   "eval_report": str(s.run.path / "eval" / "report.json"), "normalisation": info.normalisation,
-                   "model_dir": str(s.run.model)}
-        s.run.write_summary(summary)
-        acc_text = f"{report['accuracy']:.3f}" if "accuracy" in report else "n/a"
-        print(f"[tuneloop] reward: held-out accuracy {acc_text} on {int(report.get('pairs', 0))} pairs; "
-              f"model in {s.run.model}")
-    tracker.close()
-    s.accelerator.wait_for_everyone()
-    return summary
+        self.info = RewardModelInfo(kind=data.kind, template=TEMPLATES[data.kind], max_length=cfg.data.max_length,
+                                    backbone=cfg.model.name, gain=gain, bias=bias,
+                                    normalisation={"source": source, **stats},
+                                    eval_accuracy=self.report.get("accuracy"),
+                                    eval_pairs=int(self.report.get("pairs", 0)))
+        self.summary["normalisation"] = self.info.normalisation
+        return self.report
 
 
-def _eval_report(cfg: RewardConfig, model: RewardModel, s: _Session, scores: list[torch.Tensor]) -> dict:
-    units = s.data.eval
+def _eval_report(cfg: RewardConfig, model: RewardModel, units: list[Comparison], run: RunDir,
+                 scores: list[torch.Tensor]) -> dict:
     if not units:
         return {}
     lengths = torch.tensor([row.response_tokens for u in units for row in u.rows], dtype=torch.float32)
-    return write_report(s.run.path / "eval", scored_pairs(units, scores), torch.cat(scores), lengths,
+    return write_report(run.path / "eval", scored_pairs(units, scores), torch.cat(scores), lengths,
                         cfg.eval_tie_threshold, extra={"eval_units": len(units), **evaluate(model, units, cfg, scores)},
                         figures=reward_figures.draw)
 
@@ -420,7 +383,6 @@ def _reference_scores(cfg: RewardConfig, model: RewardModel, data: _Data, eval_s
     if data.reference is None and data.eval:
         return torch.cat(eval_scores), "eval responses"
     rows = data.reference if data.reference is not None else [row for u in data.train for row in u.rows]
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         raw = score_encoded(model, rows, cfg.max_batch_tokens).cpu()
     return raw, str(cfg.data.reference) if data.reference is not None else "train responses"
