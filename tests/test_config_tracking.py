@@ -59,7 +59,15 @@ def test_wandb_gets_the_config_the_run_folder_holds(tmp_path, fake_wandb):
     assert fake_wandb["finish"] == 1
 
 
-def test_wandb_gets_a_config_passed_in(tmp_path, fake_wandb):
+def test_the_saved_config_wins_over_a_section_passed_in(tmp_path, fake_wandb):
+    """A stage may pass one section (its loop schedule); wandb still gets the whole saved config."""
+    cfg = load_config(TinyStageConfig, None, ["--optim.lr", "5e-4"])
+    RunDir(tmp_path).write_config(cfg)
+    Tracker(tmp_path, total_steps=1, use_wandb=True, config=cfg.optim).close()
+    assert fake_wandb["init"][0]["config"] == {"optim": {"lr": 5e-4}, "weights": {"rm": 1.0}}
+
+
+def test_wandb_gets_a_config_passed_in_when_the_folder_has_none(tmp_path, fake_wandb):
     cfg = load_config(TinyStageConfig, None, ["--weights", "{a: 2}"])
     Tracker(tmp_path, total_steps=1, use_wandb=True, config=cfg).close()
     assert fake_wandb["init"][0]["config"] == {"optim": {"lr": 1e-3}, "weights": {"a": 2.0}}

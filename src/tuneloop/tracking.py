@@ -14,8 +14,8 @@ class Tracker:
     """Append metrics to ``metrics.jsonl`` and TensorBoard; show a progress bar with ETA.
 
     Only the main process should create one with ``enabled=True``; others get a silent tracker.
-    wandb (``use_wandb``) receives the run's effective config: ``config`` (a config dataclass or a plain
-    dict) or, when that is None, the ``config.yaml`` the run folder already holds.
+    wandb (``use_wandb``) receives the run's effective config: the ``config.yaml`` the run folder holds
+    (the whole stage config, as saved), else ``config`` (a config dataclass or a plain dict).
     """
 
     def __init__(self, run_path: Path | None, total_steps: int, start_step: int = 0, enabled: bool = True,
@@ -78,15 +78,13 @@ class Tracker:
 
 
 def effective_config(run_path: Path, config: Any = None) -> dict | None:
-    """The run's config as a plain nested dict: ``config`` itself, or the run folder's ``config.yaml``."""
-    if config is None:
-        saved = run_path / "config.yaml"
-        if not saved.is_file():
-            return None
+    """The run's config as a plain nested dict: the run folder's ``config.yaml``, else ``config``."""
+    saved = run_path / "config.yaml"
+    if saved.is_file():
         import yaml
 
         return yaml.safe_load(saved.read_text(encoding="utf-8"))
-    if isinstance(config, dict):
+    if config is None or isinstance(config, dict):
         return config
     from tuneloop.config import to_dict
 
