@@ -103,6 +103,16 @@ def test_gao_rl_fit_recovers_alpha_beta():
     close(fit.peak(), 2.7182818)
 
 
+def test_gao_peak_only_where_the_fit_rises_then_falls():
+    """Best-of-n with α = −0.2, β = 0.1 falls from the start: the formula α/2β = −1 is no peak. RL with
+    β = −0.1 never turns down."""
+    from tuneloop.evaluate.overoptimization import GaoFit
+
+    assert GaoFit(GaoForm.BEST_OF_N, -0.2, 0.1, 0.0).peak() is None
+    assert GaoFit(GaoForm.RL, 1.0, -0.1, 0.0).peak() is None
+    close(GaoFit(GaoForm.RL, -0.1, 0.1, 0.0).peak(), math.exp(-2))  # e^(α/β − 1): the RL form rises first
+
+
 def test_gao_fit_needs_two_points_away_from_the_start():
     with pytest.raises(ValueError, match="at least 2 points"):
         fit_gao([0.0, 1.0], [0.0, 0.3], GaoForm.RL)

@@ -58,8 +58,9 @@ class GaoFit:
         return (x @ torch.tensor([self.alpha, self.beta], dtype=torch.float64)).tolist()
 
     def peak(self) -> float | None:
-        """d at which the fitted gold score is highest (None when it never turns down: β ≤ 0)."""
-        if self.beta <= 0:
+        """d > 0 at which the fitted score is highest (None when it never turns down, β ≤ 0, or never rises, α ≤ 0
+        for best-of-n)."""
+        if self.beta <= 0 or (self.form is GaoForm.BEST_OF_N and self.alpha <= 0):
             return None
         if self.form is GaoForm.BEST_OF_N:  # d/dd [αd − βd²] = α − 2βd
             return self.alpha / (2 * self.beta)

@@ -155,7 +155,7 @@ def _policies(result: dict) -> str:
             for name, entry in result["policies"].items()]
     body = (f"<p class=muted>{result['prompts']} held-out prompts, the same for every policy, sampled with one seed; "
             f"KL to <code>{_e(result['reference'])}</code>; mean and 95% bootstrap interval.</p>"
-            + _table(["policy", *(_e(c) for c in columns)], rows))
+            + _table(["policy", *(_e(c).replace("/", "/<wbr>").replace("_", "_<wbr>") for c in columns)], rows))
     if result.get("win_rates"):
         wins = [[f"{_e(w['a'])} over {_e(w['b'])}", _e(w["by"]), _ci(w)] for w in result["win_rates"]]
         body += "<h3>Win rates (ties count ½)</h3>" + _table(["comparison", "judged by", "win rate"], wins,
