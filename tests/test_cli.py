@@ -45,10 +45,28 @@ def test_sft_writes_a_complete_run_folder(trained_run):
     assert AutoModelForCausalLM.from_pretrained(trained_run / "model").config.model_type == "llama"
 
 
-def test_resume_latest_continues_the_run(trained_run, capsys):
-    code = main(["sft", "--resume", str(trained_run)])
-    assert code == 0
-    assert "resuming" in capsys.readouterr().out
+def test_resume_continues_from_the_newest_checkpoint_to_the_same_weights(trained_run, tmp_path, capsys):
+    """The run took 2 steps with a checkpoint after each. A copy that lost its step-2 checkpoint and its
+    model (as if killed during the final save) resumes from step-1, takes step 2 again and must end with
+    exactly the weights of the uninterrupted run."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    cut = tmp_path / trained_run.name
+    shutil.copytree(trained_run, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-2")
+    shutil.rmtree(cut / "model")
+    assert main(["sft", "--resume", str(cut)]) == 0
+    assert f"resuming {cut} from step-1" in capsys.readouterr().out
+    steps = [r["step"] for r in map(json.loads, (cut / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "train"]
+    assert steps[-1] == 2
+    whole, resumed = load_file(trained_run / "model" / "model.safetensors"), load_file(cut / "model" / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    different = [k for k in whole if not torch.equal(whole[k], resumed[k])]
+    assert not different, f"resumed weights differ in {different[:3]}"
 
 
 def test_sample_writes_candidates_with_provenance(trained_run, sft_data, tmp_path):
