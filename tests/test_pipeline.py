@@ -134,6 +134,8 @@ def test_cli_run_twice(tmp_path, capsys):
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count("cached") == 3 and CALLS == ["a", "b", "c"]
+    assert main(["run", "--list"]) == 0 and "eval " in capsys.readouterr().out
+    assert main(["run"]) == 2
 
 
 def test_shipped_pipelines_and_example_configs_load():

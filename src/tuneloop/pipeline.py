@@ -19,8 +19,8 @@ A pipeline file::
 shows each kind's outputs); a value that is only a reference keeps its type (numbers, booleans).
 
 Caching. A stage's key is the sha256 of its kind, its resolved config, the tuneloop version, the keys
-of the stages it reads from, and the content of every file or folder its config names outside the pipeline's folder. After a
-stage succeeds, ``<stage>/stage.json`` records its key, outputs and time (atomically). On the next run a
+of the stages it reads from, and the content of every file or folder its config names outside the
+pipeline's folder. After a stage succeeds, ``<stage>/stage.json`` records its key, outputs and time (atomically). On the next run a
 stage whose key matches a record whose outputs exist is skipped. So a second run runs nothing; changing
 one stage's config changes its key and, through the references, the keys of the stages that read from
 it, which run again; the others are skipped. A failed stage writes no record: running the pipeline again
@@ -354,9 +354,12 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def register(sub) -> None:
+    import argparse
+
     p = sub.add_parser("run", help="run a pipeline file: stages chained, finished stages not redone",
-                       description="Run a pipeline file. " + __doc__.split("\n\n")[2].replace("\n", " "))
-    p.add_argument("pipeline", help="pipeline YAML file")
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pipeline", nargs="?", help="pipeline YAML file")
+    p.add_argument("--list", action="store_true", help="list the stage kinds and their outputs, and exit")
     p.add_argument("--profile", help="a profile of the file's variables (e.g. quick)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a variable")
     p.add_argument("--out-dir", help="where the stage folders go (default: the file's out_dir)")
@@ -366,6 +369,14 @@ def register(sub) -> None:
 
 
 def _run(args, _extra) -> int:
+    from tuneloop.commands.stages import STAGE_KINDS
+
+    if args.list:
+        for name, kind in STAGE_KINDS.items():
+            print(f"{name:<15} {kind.description}; outputs: {', '.join(kind.outputs)}")
+        return 0
+    if args.pipeline is None:
+        raise PipelineError("tuneloop run needs a pipeline file (or --list)")
     pipeline = load_pipeline(args.pipeline, args.profile, _parse_sets(args.set), args.out_dir)
     print(f"[tuneloop] pipeline {pipeline.name}: {len(pipeline.stages)} stages → {pipeline.out_dir}")
     try:
