@@ -218,7 +218,9 @@ def _external_paths(value: Any, root: Path) -> list[Path]:
         return [p for v in value.values() for p in _external_paths(v, root)]
     if isinstance(value, list):
         return [p for v in value for p in _external_paths(v, root)]
-    if isinstance(value, str) and value and len(value) < 4096 and "\n" not in value:
+    # Only strings written like paths (a folder separator or a file suffix): a loss named 'dpo' is not the
+    # folder ./dpo.
+    if isinstance(value, str) and len(value) < 4096 and "\n" not in value and ("/" in value or Path(value).suffix):
         path = Path(value)
         try:
             if path.exists() and not path.resolve().is_relative_to(root.resolve()):
