@@ -4,10 +4,11 @@ Output (JSONL, one record per prompt; the labelling app imports it as is)::
 
   {"prompt_id": "p-…", "prompt": "last user turn", "messages": [...],
    "completions": [...], "completion_tokens": [...], "finish_reasons": ["eos" | "length", ...],
-   "provenance": {"model", "model_hash", "sampling", "seed", "tuneloop_version", "created"}}
+   "provenance": {"model", "model_hash", "backend", "sampling", "seed", "tuneloop_version", "created"}}
 
 "length" means the answer was cut at max_new_tokens (truncated). The file is written under a
-temporary name and renamed when complete.
+temporary name and renamed when complete. ``backend`` is the decode loop that sampled
+(``sampling.backend``: the tuneloop engine, transformers' generate or vLLM; see tuneloop.generation).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from tuneloop.atomic import atomic_write_text
 from tuneloop.data import load_records
 from tuneloop.data.chat import render_prompt
 from tuneloop.data.formats import prompt_messages
-from tuneloop.generation import SamplingConfig, generate
+from tuneloop.generation import Backend, SamplingConfig, generate
 from tuneloop.models import ModelConfig, load_causal_lm
-from tuneloop.models.loading import model_fingerprint
+from tuneloop.models.loading import model_fingerprint, resolve_model_name
 
 
 def prompt_id(messages: list[dict]) -> str:
@@ -41,9 +42,16 @@ def sample_candidates(model_name: str, prompts_path: str, out_path: str | Path, 
         conversations = conversations[:limit]
     model, tokenizer = load_causal_lm(ModelConfig(name=model_name), trainable=False)
     prompt_ids = [render_prompt(tokenizer, m) for m in conversations]
+    model_hash = model_fingerprint(model)
+    if sampling.backend == Backend.VLLM:
+        from tuneloop.generation.vllm import VLLMEngine
+
+        del model
+        model = VLLMEngine.load(resolve_model_name(model_name))
     started = time.time()
     generations = generate(model, tokenizer, prompt_ids, sampling, num_candidates, seed)
-    provenance = {"model": model_name, "model_hash": model_fingerprint(model), "sampling": sampling.as_dict(),
+    provenance = {"model": model_name, "model_hash": model_hash, "backend": sampling.backend.value,
+                  "sampling": sampling.as_dict(),
                   "seed": seed, "tuneloop_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = []
@@ -56,7 +64,8 @@ def sample_candidates(model_name: str, prompts_path: str, out_path: str | Path, 
     tokens = sum(sum(r["completion_tokens"]) for r in out)
     truncated = sum(r["finish_reasons"].count("length") for r in out)
     print(f"[tuneloop] sample: {len(out)} prompts × {num_candidates} candidates, {tokens} tokens in "
-          f"{time.time() - started:.1f}s ({tokens / max(time.time() - started, 1e-9):.1f} tok/s), "
+          f"{time.time() - started:.1f}s ({tokens / max(time.time() - started, 1e-9):.1f} tok/s, "
+          f"backend {sampling.backend.value}), "
           f"{truncated} truncated → {out_path}")
     return out
 
@@ -72,6 +81,8 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=SamplingConfig.top_k)
     p.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=SamplingConfig.batch_size)
+    p.add_argument("--backend", choices=[b.value for b in Backend], default=SamplingConfig.backend.value,
+                   help="decode loop: tuneloop (the engine), hf (transformers' generate, the reference), vllm (GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     p.add_argument("--best-of", type=int, default=None, metavar="N",
@@ -82,7 +93,7 @@ def register(sub) -> None:
 
 def _run(args, _extra) -> int:
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, backend=args.backend)
     if args.num_candidates < 1:
         raise ValueError(f"--num-candidates must be ≥ 1, got {args.num_candidates}")
     if (args.best_of is None) != (args.reward is None) or (args.best_of is not None and args.best_of < 1):

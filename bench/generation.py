@@ -1,0 +1,186 @@
+"""Generation speed: transformers' generate() against tuneloop's engine, side by side in one run.
+
+Run (from the repository root):
+
+    HF_HUB_OFFLINE=1 python bench/generation.py                    # SmolLM2-135M, fp32; ~5 min on 2 idle cores
+    HF_HUB_OFFLINE=1 python bench/generation.py --model tiny-llama --batches 1,8 --skip-sample   # smoke run
+    python bench/generation.py --json results.json
+
+Two parts, each on the same model, prompts and settings for every backend, one after another:
+
+1. ``tuneloop sample``'s workload (the issue's acceptance command): the first 16 bundled review prompts
+   (``bundled:review-prompts``), K = 4 candidates each, 48 new tokens at most, batch 32, temperature 1,
+   top-p 1, top-k 0, stopping at EOS. ``transformers`` is the code path ``sample`` used before the
+   engine: prompts × candidates sorted by length, cut into chunks of 32, left-padded,
+   ``model.generate(do_sample=True, output_logits=True)`` per chunk; ``hf`` is tuneloop's hf backend;
+   ``tuneloop`` the engine. Printed: tokens/s (generated tokens, stop tokens included, ÷ wall time of the
+   call) and the engine's ratio to transformers.
+2. Throughput at batch 1, 8, 32, 64 (``--batches``) with every sequence forced to 48 new tokens (no
+   stop token; transformers: ``min_new_tokens``), one candidate per prompt, plus K = 4 at batch 32:
+   tokens/s per backend, and the engine's share of the FLOP limit: model FLOPs per generated token
+   (2 × the parameters of the matmuls, the output head included; attention over the cache is not
+   counted) × tokens/s ÷ the measured fp32 matmul peak (best of ``torch.mm`` 2048² in this process).
+   ``flop_share`` counts the whole call (prefill included, which is not counted as work);
+   ``decode_flop_share`` the engine's decode steps alone (tokens they produced ÷ their time).
+
+The machine's load changes everything on a shared 2-core CPU: ``uptime`` is printed before and after,
+and numbers measured under load are labelled as such in docs/perf/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+import torch
+from sft_measure import matmul_peak_gflops  # bench/
+
+PROMPTS = "bundled:review-prompts"
+
+
+def load(model_name: str):
+    from tuneloop.models import ModelConfig, load_causal_lm
+
+    return load_causal_lm(ModelConfig(name=model_name), trainable=False)
+
+
+def review_prompts(tokenizer, count: int) -> list[list[int]]:
+    from tuneloop.data import load_records
+    from tuneloop.data.chat import render_prompt
+    from tuneloop.data.formats import prompt_messages
+
+    records = load_records(PROMPTS)
+    return [render_prompt(tokenizer, prompt_messages(r)) for r in records[:count]]
+
+
+def matmul_flops_per_token(model) -> int:
+    """2 × the weights every generated token multiplies (the blocks' linear layers and the output head)."""
+    return 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+@torch.no_grad()
+def transformers_generate(model, tokenizer, prompts, num_candidates: int, max_new_tokens: int, batch_size: int,
+                          forced: bool, seed: int = 0) -> int:
+    """The pre-engine code path: fixed chunks, transformers' own sampling; returns generated tokens."""
+    from tuneloop.generation import stop_token_ids
+
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id
+    jobs = sorted(((i, k) for i in range(len(prompts)) for k in range(num_candidates)),
+                  key=lambda job: (-len(prompts[job[0]]), job))
+    generated = 0
+    for chunk_index, start in enumerate(range(0, len(jobs), batch_size)):
+        chunk = jobs[start:start + batch_size]
+        width = max(len(prompts[i]) for i, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (i, _) in enumerate(chunk):
+            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]):] = 1
+        torch.manual_seed(seed * 1_000_003 + chunk_index)
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if forced else None,
+                             eos_token_id=stops, pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
+        new = out.sequences[:, width:]
+        for row in new.tolist():  # tokens up to and including the first stop token
+            end = next((j for j, t in enumerate(row) if t in stops), None)
+            generated += len(row) if end is None or forced else end + 1
+    return generated
+
+
+def run_backend(backend: str, model, tokenizer, prompts, num_candidates: int, max_new_tokens: int,
+                batch_size: int, forced: bool) -> dict:
+    from tuneloop.generation import SamplingConfig, generate
+    from tuneloop.generation.engine import EngineStats, generate_engine
+
+    started = time.perf_counter()
+    stats = None
+    if backend == "transformers":
+        tokens = transformers_generate(model, tokenizer, prompts, num_candidates, max_new_tokens, batch_size, forced)
+    else:
+        cfg = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, backend=backend)
+        if backend == "tuneloop":
+            stats = EngineStats()
+            result = generate_engine(model, tokenizer, prompts, cfg, num_candidates, 0, 0, stats=stats,
+                                     log=lambda line: None, stop_ids=[] if forced else None)
+        else:
+            if forced:
+                raise ValueError("forced-length runs compare transformers and tuneloop only")
+            result = generate(model, tokenizer, prompts, cfg, num_candidates, seed=0)
+        tokens = sum(len(g.token_ids) for per in result for g in per)
+    seconds = time.perf_counter() - started
+    out = {"backend": backend, "tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1)}
+    if stats is not None:
+        out.update(prefill_s=round(stats.prefill_seconds, 2), decode_s=round(stats.decode_seconds, 2),
+                   decode_steps=stats.decode_steps, mean_rows=round(stats.decoded_rows / max(stats.decode_steps, 1), 1),
+                   decode_tok_s=round(stats.decoded_rows / max(stats.decode_seconds, 1e-9), 1))
+    return out
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batches", default="1,8,32,64", help="batch sizes of the forced-length part")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as configured)")
+    parser.add_argument("--skip-sample", action="store_true", help="skip part 1 (the sample command's workload)")
+    parser.add_argument("--skip-throughput", action="store_true", help="skip part 2 (forced-length throughput)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load(args.model)
+    report = {"model": args.model, "threads": torch.get_num_threads(), "uptime_before": uptime()}
+    print(f"[bench] {args.model}, {torch.get_num_threads()} threads; {report['uptime_before']}")
+    peak = matmul_peak_gflops()
+    flops = matmul_flops_per_token(model)
+    limit = peak["gflops"] * 1e9 / flops
+    report.update(peak_gflops=round(peak["gflops"], 1), flops_per_token=flops, flop_limit_tok_s=round(limit, 1))
+    print(f"[bench] fp32 matmul peak {peak['gflops']:.1f} GFLOP/s (median {peak['median_gflops']:.1f}); "
+          f"{flops / 1e6:.1f} MFLOP per token → FLOP limit {limit:.0f} tok/s")
+
+    if not args.skip_sample:
+        prompts = review_prompts(tokenizer, 16)
+        print(f"\n[bench] 1. sample workload: 16 prompts × 4 candidates, ≤ {args.max_new_tokens} new tokens, "
+              "batch 32, T=1, top-p 1, top-k 0, stop at EOS")
+        rows = [run_backend(b, model, tokenizer, prompts, 4, args.max_new_tokens, 32, forced=False)
+                for b in ("transformers", "hf", "tuneloop")]
+        for row in rows:
+            print(f"   {row}")
+        ratio = rows[2]["tok_s"] / rows[0]["tok_s"]
+        print(f"   tuneloop / transformers: {ratio:.2f}x tokens/s")
+        report["sample"] = {"rows": rows, "ratio": round(ratio, 2)}
+
+    if not args.skip_throughput:
+        prompts = review_prompts(tokenizer, 64)
+        print(f"\n[bench] 2. throughput, every sequence forced to {args.max_new_tokens} new tokens")
+        report["throughput"] = []
+        cases = [(int(b), 1) for b in args.batches.split(",")] + [(32, 4)]
+        for batch, candidates in cases:
+            chosen = prompts[:max(1, batch // candidates)]
+            for backend in ("transformers", "tuneloop"):
+                row = run_backend(backend, model, tokenizer, chosen, candidates, args.max_new_tokens, batch, forced=True)
+                row.update(batch=batch, candidates=candidates, flop_share=round(row["tok_s"] / limit, 3))
+                if "decode_tok_s" in row:  # decode steps alone (prefill excluded)
+                    row["decode_flop_share"] = round(row["decode_tok_s"] / limit, 3)
+                report["throughput"].append(row)
+                print(f"   batch {batch:>2} K={candidates} {backend:>12}: {row['tok_s']:7.1f} tok/s, "
+                      f"{row['flop_share']:.1%} of the FLOP limit  {row}")
+    report["uptime_after"] = uptime()
+    print(f"\n[bench] {report['uptime_after']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

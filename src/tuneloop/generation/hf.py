@@ -1,0 +1,72 @@
+"""The ``hf`` backend: transformers' ``generate()`` as the reference decode loop.
+
+Prompts × candidates are sorted by prompt length and cut into fixed chunks of ``batch_size`` rows,
+left-padded; transformers runs the loop (dynamic KV cache, per-row stop at EOS). The token is drawn by
+tuneloop's own sampler (``sampling.sample_next``, installed as the only logits processor, returning a
+one-hot score that greedy selection then takes), with the same per-sequence generators as the engine:
+for a given seed both backends draw the same samples, and the process's global RNG is never touched.
+Log-probs are recomputed from the raw logits transformers returns, under softmax(logits / T).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tuneloop.generation.config import Generation, SamplingConfig, finish_generation, stop_token_ids
+from tuneloop.generation.sampling import draw_uniforms, sample_next, sequence_generator
+
+
+class _SeededSampler:
+    """A logits processor that draws each row's token with the row's own generator."""
+
+    def __init__(self, cfg: SamplingConfig, generators: list[torch.Generator]):
+        self.cfg, self.generators = cfg, generators
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        uniforms = draw_uniforms(self.generators)
+        tokens, _ = sample_next(scores, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p, uniforms)
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(tokens)), tokens.to(scores.device)] = 0.0
+        return chosen
+
+
+@torch.no_grad()
+def generate_hf(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, num_candidates: int, seed: int,
+                rank: int) -> list[list[Generation]]:
+    """result[i][k]: prompt i's k-th candidate, decoded by transformers in fixed chunks."""
+    from transformers import LogitsProcessorList
+
+    stops = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    jobs = [(i, k) for i in range(len(prompts)) for k in range(num_candidates)]
+    jobs.sort(key=lambda job: (-len(prompts[job[0]]), job))  # similar lengths together: less padding
+    results: list[list[Generation | None]] = [[None] * num_candidates for _ in prompts]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(jobs), cfg.batch_size):
+            chunk = jobs[start:start + cfg.batch_size]
+            width = max(len(prompts[i]) for i, _ in chunk)
+            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (i, _) in enumerate(chunk):
+                input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                attention[row, width - len(prompts[i]):] = 1
+            sampler = _SeededSampler(cfg, [sequence_generator(seed, rank, i, k) for i, k in chunk])
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
+                logits_processor=LogitsProcessorList([sampler]), max_new_tokens=cfg.max_new_tokens,
+                eos_token_id=stops, pad_token_id=pad_id, output_logits=True, return_dict_in_generate=True,
+                temperature=None, top_p=None, top_k=None,
+            )
+            new_tokens = out.sequences[:, width:].cpu()  # (B, A)
+            logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, A, V) raw, before any processor
+            scale = cfg.temperature or 1.0
+            logprobs = torch.log_softmax(logits / scale, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+            for row, (i, k) in enumerate(chunk):
+                results[i][k] = finish_generation(prompts[i], new_tokens[row].tolist(), logprobs[row].tolist(),
+                                                  stops, tokenizer)
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
