@@ -14,6 +14,7 @@ requests per endpoint is printed (``pytest -s``) and asserted.
 
 import json
 import os
+import random
 import uuid
 from collections import Counter
 from urllib.parse import quote
@@ -128,48 +129,76 @@ def bodies(draw, fields: dict):
 
 
 def csrf_headers(caller: Caller):
-    """The right CSRF token most of the time; otherwise none, a wrong one or arbitrary bytes."""
+    """The caller's own headers, none, or arbitrary bytes as the CSRF token or the bearer token."""
     garbage = st.binary(min_size=1, max_size=40).filter(lambda b: not ({10, 13, 0} & set(b)))
     return st.one_of(st.just(dict(caller.headers)), st.just({}),
-                     garbage.map(lambda b: {**caller.headers, "X-CSRF-Token": b}))
+                     garbage.map(lambda b: {**caller.headers, "X-CSRF-Token": b}),
+                     garbage.map(lambda b: {"Authorization": b"Bearer " + b}),
+                     garbage.map(lambda b: {"Authorization": b"Bearer tl_" + b + b"_" + b}))
 
 
-def answers(task: dict | None):
-    """Answers built from the live task's ids (so validation goes deep), or hostile values."""
+# Strategies never depend on the live store (hypothesis replays examples and needs the same draws):
+# answers name candidates by placeholders "<id0>".."<id2>" (and "<id0.0>" for a float id), resolved to the
+# live task's ids after drawing; a valid answer is built from a drawn seed; own judgments by a drawn index.
+REFS = [f"<id{i}>" for i in range(3)]
+ref = st.sampled_from(REFS)
+ref_or_hostile = st.one_of(ref, json_values, st.sampled_from([f"<id{i}.0>" for i in range(3)]))
+keyed = st.dictionaries(st.one_of(ref, st.text(max_size=5)), json_values, max_size=3)
+scores = st.dictionaries(ref, st.dictionaries(st.sampled_from(["quality", "relevance", "safety", "x"]),
+                                              st.one_of(st.integers(0, 6), json_values), max_size=3), max_size=2)
+answers = st.one_of(
+    st.integers(0, 2**32).map(lambda seed: {"<valid>": seed}),
+    st.fixed_dictionaries({"outcome": st.one_of(st.sampled_from(["win", "tie", "both_bad"]), json_values)},
+                          optional={"winner": ref_or_hostile,
+                                    "strength": st.one_of(st.sampled_from(["better", "slightly"]), json_values),
+                                    "ratings": keyed, "flags": keyed, "scores": scores}),
+    st.fixed_dictionaries({"ranking": st.one_of(st.permutations(REFS).map(lambda p: [[x] for x in p]),
+                                                st.lists(st.lists(ref_or_hostile, max_size=3), max_size=3),
+                                                json_values)},
+                          optional={"none_acceptable": st.one_of(st.booleans(), json_values), "scores": scores}),
+    st.fixed_dictionaries({"scores": scores}, optional={"flags": keyed}),
+    json_values)
+
+
+def resolve(answer, task: dict | None):
+    """The drawn answer with placeholders replaced by the live task's candidate ids."""
     ids = [c["id"] for c in task["candidates"]] if task else [1, 2]
-    some_id = st.one_of(st.sampled_from(ids), json_values, st.sampled_from(ids).map(float))
-    keyed = st.dictionaries(st.one_of(st.sampled_from([str(i) for i in ids]), st.text(max_size=5)),
-                            json_values, max_size=3)
-    scores = st.dictionaries(st.sampled_from([str(i) for i in ids]),
-                             st.dictionaries(st.sampled_from(["quality", "relevance", "safety", "x"]),
-                                             st.one_of(st.integers(0, 6), json_values), max_size=3), max_size=2)
-    pairwise = st.fixed_dictionaries({"outcome": st.one_of(st.sampled_from(["win", "tie", "both_bad"]), json_values)},
-                                     optional={"winner": some_id, "strength": st.one_of(
-                                         st.sampled_from(["better", "slightly"]), json_values),
-                                         "ratings": keyed, "flags": keyed, "scores": scores})
-    ranking = st.fixed_dictionaries({"ranking": st.one_of(
-        st.permutations(ids).map(lambda p: [[x] for x in p]), st.lists(st.lists(some_id, max_size=3), max_size=3),
-        json_values)}, optional={"none_acceptable": st.one_of(st.booleans(), json_values), "scores": scores})
-    rating = st.fixed_dictionaries({"scores": scores}, optional={"flags": keyed})
-    return st.one_of(_valid_answers(task), pairwise, ranking, rating, json_values)
+    if isinstance(answer, dict) and set(answer) == {"<valid>"}:
+        return _valid_answer(task, random.Random(answer["<valid>"]))
+
+    def walk(x):
+        if isinstance(x, str) and x.startswith("<id") and x.endswith(">"):
+            index, _, fraction = x[3:-1].partition(".")
+            cid = ids[int(index) % len(ids)]
+            return float(cid) if fraction else cid
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if isinstance(x, dict):
+            return {(str(walk(k)) if k in REFS else k): walk(v) for k, v in x.items()}
+        return x
+    return walk(answer)
 
 
-def _valid_answers(task: dict | None):
-    """Answers that fit the live task, so writes, corrections and the next hand-out are exercised too."""
+def _valid_answer(task: dict | None, rng: random.Random) -> dict:
+    """An answer that fits the live task, so writes, corrections and the next hand-out are exercised."""
     if not task:
-        return st.just({"outcome": "tie"})
+        return {"outcome": "tie"}
     ids = [c["id"] for c in task["candidates"]]
-    five = st.integers(1, 5)
-    full = st.fixed_dictionaries({str(i): st.fixed_dictionaries({"quality": five, "relevance": five, "safety": five})
-                                  for i in ids})
+    full = {str(i): {a: rng.randint(1, 5) for a in ("quality", "relevance", "safety")} for i in ids}
     if task["kind"] == "rating":
-        return st.fixed_dictionaries({"scores": full})
+        return {"scores": full}
+    extra = {"scores": full} if rng.random() < 0.5 else {}
     if task["kind"] == "ranking":
-        return st.fixed_dictionaries({"ranking": st.permutations(ids).map(lambda p: [[x] for x in p])},
-                                     optional={"scores": full})
-    return st.fixed_dictionaries({"outcome": st.just("win"), "winner": st.sampled_from(ids),
-                                  "strength": st.sampled_from(["significantly", "better", "slightly", "negligibly"])},
-                                 optional={"scores": full})
+        rng.shuffle(ids)
+        return {"ranking": [[x] for x in ids], **extra}
+    return {"outcome": "win", "winner": rng.choice(ids), "strength": rng.choice(
+        ["significantly", "better", "slightly", "negligibly"]), **extra}
+
+
+def _mine(caller, index: int, fallback: str) -> str:
+    """The caller's index-th most recent judgment id (or ``fallback`` when they have none)."""
+    ids = _my_judgment_ids(caller)
+    return ids[index % len(ids)] if ids else fallback
 
 
 # -- one fuzzer per endpoint --------------------------------------------------------------------------------
@@ -204,26 +233,31 @@ def fuzz_next(caller, data):
 def fuzz_submit(caller, data):
     if data.draw(st.sampled_from(["deep", "deep", "wild"])) == "deep":
         # a well-formed envelope (live lease or a correction, right headers): only the answer is fuzzed
-        task = caller.live_task()
         target = data.draw(st.sampled_from(["lease", "lease", "supersedes"]))
-        body = {"id": uuid.uuid4().hex, "answer": data.draw(answers(task)),
-                "rationale": data.draw(st.one_of(st.text(max_size=30), st.sampled_from(HOSTILE_TEXT)))}
+        drawn, rationale, mine = data.draw(answers), data.draw(st.one_of(st.text(max_size=30),
+                                                                         st.sampled_from(HOSTILE_TEXT))), data.draw(st.integers(0, 4))
+        task = caller.live_task()
+        body = {"id": uuid.uuid4().hex, "answer": resolve(drawn, task), "rationale": rationale}
         if target == "lease" and task:
             body["lease_id"] = task["lease_id"]
         else:
-            body["supersedes"] = data.draw(st.sampled_from(_my_judgment_ids(caller) or ["none-yet"]))
+            body["supersedes"] = _mine(caller, mine, "none-yet")
         return caller.client.post("/api/judgments", content=json.dumps(body, allow_nan=True).encode(),
                                   headers={**caller.headers, "Content-Type": "application/json"})
-    task = caller.live_task() if data.draw(st.booleans()) else None
-    lease = task["lease_id"] if task else None
     fields = {"id": st.one_of(st.uuids().map(lambda u: u.hex), st.sampled_from(HOSTILE_TEXT), json_values),
-              "lease_id": st.one_of(st.just(lease), st.sampled_from(HOSTILE_TEXT), json_values),
-              "supersedes": st.one_of(st.sampled_from(_my_judgment_ids(caller) or ["none-yet"]), json_values),
-              "answer": answers(task), "rationale": st.one_of(st.text(max_size=50), json_values),
+              "lease_id": st.one_of(st.just("<lease>"), st.sampled_from(HOSTILE_TEXT), json_values),
+              "supersedes": st.one_of(st.just("<mine>"), json_values),
+              "answer": answers, "rationale": st.one_of(st.text(max_size=50), json_values),
               "active_ms": st.one_of(st.integers(-5, 10**9), json_values)}
     content, ctype = data.draw(bodies(fields))
-    return caller.client.post("/api/judgments", content=content,
-                              headers={**data.draw(csrf_headers(caller)), "Content-Type": ctype})
+    headers = {**data.draw(csrf_headers(caller)), "Content-Type": ctype}
+    task = caller.live_task()
+    content = content.replace(b'"<lease>"', json.dumps(task["lease_id"] if task else None).encode())
+    content = content.replace(b'"<mine>"', json.dumps(_mine(caller, 0, "none-yet")).encode())
+    for i, placeholder in enumerate(REFS):  # the live task's ids where the drawn body names a candidate
+        cid = task["candidates"][i % len(task["candidates"])]["id"] if task else i + 1
+        content = content.replace(f'"{placeholder}"'.encode(), str(cid).encode())
+    return caller.client.post("/api/judgments", content=content, headers=headers)
 
 
 def _my_judgment_ids(caller) -> list[str]:
@@ -239,8 +273,10 @@ def fuzz_mine(caller, data):
 
 
 def fuzz_correction(caller, data):
-    jid = data.draw(st.one_of(st.sampled_from(_my_judgment_ids(caller) or ["x" * 10]),
+    jid = data.draw(st.one_of(st.integers(0, 4).map(lambda i: ("<mine>", i)),
                               st.text(max_size=70), st.sampled_from(["..", "%00", "a" * 65, "\u202e12345678"])))
+    if isinstance(jid, tuple):
+        jid = _mine(caller, jid[1], "x" * 10)
     return caller.client.get(f"/api/judgments/{_segment(jid)}/task", headers=caller.headers)
 
 

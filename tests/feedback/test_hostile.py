@@ -135,6 +135,12 @@ def test_non_ascii_csrf_header_with_a_valid_session_is_403(app_store):
     assert_error(r, 403, None, "CSRF")
 
 
+def test_non_ascii_bearer_tokens_are_401(app_store):
+    c = client(app_store)
+    for token in ("Bearer tl_é€_ñ".encode("utf-8"), b"Bearer \xff\xfe", b"Bearer tl_" + b"a" * 5000 + b"_x"):
+        assert_error(c.get("/api/me", headers={"Authorization": token}), 401, None)
+
+
 def test_bodies_over_the_limit_are_refused_before_parsing_and_nothing_is_echoed(app_store):
     c = client(app_store)
     big = b'{"name": "' + b"a" * (50 * 1024 * 1024) + b'", "password": "p"}'
