@@ -41,7 +41,8 @@ def test_default_aspects_and_bad_configs_are_clear_errors(store):
         store.set_setting("flags", [["funny", "tries too hard", "f"]])
 
 
-def test_rating_items_need_every_aspect_in_range(store, tmp_path):
+def test_rating_items_need_every_aspect_in_range(any_store, tmp_path):
+    store = any_store
     import_candidates(store, write_candidates(tmp_path / "c.jsonl", 2, k=2), mode="rating")
     assert store.counts()["items"] == 4  # one item per response
     uid = store.create_user("ann", "annotator")
@@ -64,7 +65,7 @@ def test_rating_items_need_every_aspect_in_range(store, tmp_path):
         import_candidates(store, write_candidates(tmp_path / "g.jsonl", 1, k=2, gold=True), mode="rating", gold=True)
 
 
-def test_scores_agreement_offsets_and_exports_by_hand(store, tmp_path):
+def test_scores_agreement_offsets_and_exports_by_hand(any_store, tmp_path):
     """Two responses (one prompt), two annotators, quality only (others constant):
     a gives 5 and 4, b gives 3 and 2 → per response quality mean 4 and 3; α interval over units [5, 3], [4, 2]:
     coincidences o53 = o35 = o42 = o24 = 1, n = 4, D_o = 4·(4)/4 = 4 (δ² = 4 each);
@@ -72,6 +73,7 @@ def test_scores_agreement_offsets_and_exports_by_hand(store, tmp_path):
     α = 1 − 4 / (10/3) = −0.2. Offsets: a's mean 4.5, pooled 3.5 → +1; b → −1; scales 0.5/√1.25 = 1/√5.
     Rater-adjusted: a's 5 → 3.5 + (5 − 4.5)·√5, b's 3 → 3.5 + (3 − 2.5)·√5: mean 3.5 + 0.5√5 for response 1,
     3.5 − 0.5√5 for response 2 (the raters' disagreement about level is gone, the order stays)."""
+    store = any_store
     import_candidates(store, write_candidates(tmp_path / "c.jsonl", 1, k=2), mode="rating")
     store.set_setting("overlap", 2)
     a, b = store.create_user("a", "annotator"), store.create_user("b", "annotator")
