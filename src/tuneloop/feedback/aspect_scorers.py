@@ -26,10 +26,9 @@ AspectScorer = Callable[[str, str], float]  # (prompt, response) → [0, 1]
 
 
 def vader_quality() -> AspectScorer:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    from tuneloop.rewards.gold import vader_sentiment  # the one VADER scorer
 
-    analyzer = SentimentIntensityAnalyzer()
-    return lambda prompt, text: (float(analyzer.polarity_scores(text)["compound"]) + 1) / 2
+    return lambda prompt, text: (vader_sentiment(text) + 1) / 2
 
 
 def profanity_safety() -> AspectScorer:
