@@ -145,3 +145,17 @@ def test_each_sequence_stops_at_its_own_stop_token(tiny_model, tiny_tokenizer, b
     for per, base in zip(stopped[1:], baseline[1:]):
         assert per[0].finish_reason == "length" and per[0].token_ids == base[0].token_ids
         assert len(per[0].token_ids) == 8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_on_token_streams_each_sequence_up_to_its_stop_token(tiny_model, tiny_tokenizer, backend):
+    """What chat prints: every drawn token of every sequence, in order, nothing after a stop token."""
+    prompts = _ids(tiny_tokenizer)
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=8, batch_size=3, backend=backend)
+    baseline = generate(tiny_model, tiny_tokenizer, prompts, cfg, num_candidates=2, seed=3)
+    tiny_model.generation_config.eos_token_id = [tiny_tokenizer.eos_token_id, baseline[0][1].token_ids[2]]
+    streamed = {}
+    results = generate(tiny_model, tiny_tokenizer, prompts, cfg, num_candidates=2, seed=3,
+                       on_token=lambda i, k, token: streamed.setdefault((i, k), []).append(token))
+    assert results[0][1].finish_reason == "eos"
+    assert streamed == {(i, k): g.token_ids for i, per in enumerate(results) for k, g in enumerate(per)}

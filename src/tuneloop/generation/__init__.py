@@ -18,6 +18,8 @@ RNG is neither read nor changed. Callers that sample repeatedly (RL) pass a new 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tuneloop.generation.config import Backend, Generation, SamplingConfig, stop_token_ids
 
 
@@ -29,10 +31,15 @@ def current_rank() -> int:
 
 
 def generate(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, num_candidates: int = 1,
-             seed: int = 0, rank: int | None = None) -> list[list[Generation]]:
+             seed: int = 0, rank: int | None = None,
+             on_token: Callable[[int, int, int], None] | None = None,
+             log: Callable[[str], None] = print) -> list[list[Generation]]:
     """Sample ``num_candidates`` answers for every tokenised prompt; result[i][k] is prompt i's k-th.
 
     ``rank`` defaults to the torch.distributed rank, so that every process draws its own samples.
+    ``on_token(prompt_index, candidate_index, token_id)`` is called for every token as it is drawn, the
+    stop token included (chat streams with it; the vllm backend calls it once the answers are complete).
+    ``log`` receives the engine's KV-cache plan.
     """
     from tuneloop.generation.engine import generate_engine
     from tuneloop.generation.hf import generate_hf
@@ -41,9 +48,11 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, nu
     assert num_candidates >= 1, f"num_candidates must be ≥ 1, got {num_candidates}"
     if not prompts:
         return []
-    backends = {Backend.TUNELOOP: generate_engine, Backend.HF: generate_hf, Backend.VLLM: generate_vllm}
     rank = current_rank() if rank is None else rank
-    return backends[cfg.backend](model, tokenizer, prompts, cfg, num_candidates, seed, rank)
+    if cfg.backend == Backend.TUNELOOP:
+        return generate_engine(model, tokenizer, prompts, cfg, num_candidates, seed, rank, on_token=on_token, log=log)
+    backends = {Backend.HF: generate_hf, Backend.VLLM: generate_vllm}
+    return backends[cfg.backend](model, tokenizer, prompts, cfg, num_candidates, seed, rank, on_token=on_token)
 
 
 __all__ = ["Backend", "Generation", "SamplingConfig", "current_rank", "generate", "stop_token_ids"]

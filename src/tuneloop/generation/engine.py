@@ -65,11 +65,12 @@ def pick_forward(model):
 @torch.no_grad()
 def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, num_candidates: int,
                     seed: int, rank: int, forward=None, stats: EngineStats | None = None, log=print,
-                    stop_ids: list[int] | None = None) -> list[list[Generation]]:
+                    stop_ids: list[int] | None = None, on_token=None) -> list[list[Generation]]:
     """result[i][k]: prompt i's k-th candidate (see the module docstring for the steps).
 
     ``forward`` overrides the model path (``pick_forward``), ``stats`` collects timings, ``stop_ids``
-    replaces the model's stop tokens (benchmarks pass [] to force max_new_tokens on every sequence).
+    replaces the model's stop tokens (benchmarks pass [] to force max_new_tokens on every sequence),
+    ``on_token(prompt, candidate, token)`` sees every token as it is drawn.
     """
     stats = stats if stats is not None else EngineStats()
     stops = stop_token_ids(model, tokenizer) if stop_ids is None else stop_ids
@@ -125,7 +126,8 @@ def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingCon
                 for i, k in admitted:
                     cache.write_prompt(len(rows), prefixes[i][1])
                     rows.append(_Row(i, k, sequence_generator(seed, rank, i, k), length=len(prompts[i])))
-                _sample_into(rows[first:], torch.stack([prefixes[row.prompt][0] for row in rows[first:]]), cfg)
+                _sample_into(rows[first:], torch.stack([prefixes[row.prompt][0] for row in rows[first:]]), cfg,
+                             on_token)
                 pending = {i for i, _ in waiting}
                 for i in [i for i in prefixes if i not in pending]:
                     del prefixes[i]
@@ -139,7 +141,7 @@ def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingCon
             logits = forward.decode(cache, tokens, where)
             for row in rows:
                 row.length += 1
-            _sample_into(rows, logits, cfg)
+            _sample_into(rows, logits, cfg, on_token)
             stats.decode_seconds += time.perf_counter() - started
             stats.decode_steps += 1
             stats.decoded_rows += len(rows)
@@ -149,10 +151,12 @@ def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingCon
     return results  # type: ignore[return-value]
 
 
-def _sample_into(rows: list[_Row], logits: torch.Tensor, cfg: SamplingConfig) -> None:
+def _sample_into(rows: list[_Row], logits: torch.Tensor, cfg: SamplingConfig, on_token=None) -> None:
     """Draw each row's next token from its logits (B, V) and its own generator; append token and logprob."""
     uniforms = draw_uniforms([row.generator for row in rows])
     tokens, logprobs = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, uniforms)
     for row, token, logprob in zip(rows, tokens.tolist(), logprobs.tolist()):
         row.tokens.append(token)
         row.logprobs.append(logprob)
+        if on_token is not None:
+            on_token(row.prompt, row.candidate, token)

@@ -19,12 +19,20 @@ from tuneloop.generation.sampling import draw_uniforms, sample_next, sequence_ge
 class _SeededSampler:
     """A logits processor that draws each row's token with the row's own generator."""
 
-    def __init__(self, cfg: SamplingConfig, generators: list[torch.Generator]):
-        self.cfg, self.generators = cfg, generators
+    def __init__(self, cfg: SamplingConfig, generators: list[torch.Generator], jobs: list[tuple[int, int]],
+                 stops: list[int], on_token=None):
+        self.cfg, self.generators, self.jobs, self.stops, self.on_token = cfg, generators, jobs, stops, on_token
+        self.stopped: set[int] = set()  # rows that drew a stop token (transformers pads them from then on)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         uniforms = draw_uniforms(self.generators)
         tokens, _ = sample_next(scores, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p, uniforms)
+        if self.on_token is not None:
+            for row, token in enumerate(tokens.tolist()):
+                if row not in self.stopped:
+                    self.on_token(*self.jobs[row], token)
+                    if token in self.stops:
+                        self.stopped.add(row)
         chosen = torch.full_like(scores, float("-inf"))
         chosen[torch.arange(len(tokens)), tokens.to(scores.device)] = 0.0
         return chosen
@@ -32,7 +40,7 @@ class _SeededSampler:
 
 @torch.no_grad()
 def generate_hf(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, num_candidates: int, seed: int,
-                rank: int) -> list[list[Generation]]:
+                rank: int, on_token=None) -> list[list[Generation]]:
     """result[i][k]: prompt i's k-th candidate, decoded by transformers in fixed chunks."""
     from transformers import LogitsProcessorList
 
@@ -53,7 +61,8 @@ def generate_hf(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
             for row, (i, _) in enumerate(chunk):
                 input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 attention[row, width - len(prompts[i]):] = 1
-            sampler = _SeededSampler(cfg, [sequence_generator(seed, rank, i, k) for i, k in chunk])
+            sampler = _SeededSampler(cfg, [sequence_generator(seed, rank, i, k) for i, k in chunk], chunk, stops,
+                                     on_token)
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
                 logits_processor=LogitsProcessorList([sampler]), max_new_tokens=cfg.max_new_tokens,

@@ -78,7 +78,7 @@ def trainer_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def generate_vllm(engine: VLLMEngine, tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
-                  num_candidates: int, seed: int, rank: int) -> list[list[Generation]]:
+                  num_candidates: int, seed: int, rank: int, on_token=None) -> list[list[Generation]]:
     """result[i][k]: prompt i's k-th candidate, sampled by vLLM (one request of n=K per prompt)."""
     if not isinstance(engine, VLLMEngine):
         raise TypeError(f"sampling.backend='vllm' takes a VLLMEngine as model, got {type(engine).__name__}; "
@@ -98,5 +98,7 @@ def generate_vllm(engine: VLLMEngine, tokenizer, prompts: list[list[int]], cfg: 
             generation = finish_generation(ids, tokens, logprobs, stops, tokenizer)
             generation.finish_reason = FINISH_REASONS.get(candidate.finish_reason, generation.finish_reason)
             per_prompt.append(generation)
+            for token in generation.token_ids if on_token is not None else []:
+                on_token(len(results), candidate.index, token)
         results.append(per_prompt)
     return results

@@ -5,13 +5,15 @@ Shapes: B rows, W = longest row + 1 positions attended, H query heads, H_kv key/
 G = H / H_kv, D head dimension, V vocabulary.
 
 The same arithmetic as transformers' ``LlamaForCausalLM`` (its RMSNorm formula, its rotary module for
-cos/sin, SDPA with scale 1/sqrt(D)); what changes is the shape of the work:
+cos/sin, softmax attention with scale 1/sqrt(D)); what changes is the shape of the work:
 
 - q, k, v come from one matmul (their weights concatenated), gate and up from another: fewer, wider
   matmuls, which a small batch runs closer to the CPU's peak;
 - a decode step has one query per row, so the G query heads that share a key/value head are laid out as
-  G queries of that head: SDPA then needs no copy of the cache per query head (grouped-query attention
-  without ``repeat_kv``);
+  G queries of that head: attention then needs no copy of the cache per query head (grouped-query
+  attention without ``repeat_kv``); it is two batched matmuls and a softmax with an additive mask built
+  once per step (on this CPU 1.1-1.4 ms a layer at B = 64 and 140 positions against 1.5-5.4 ms for
+  ``scaled_dot_product_attention`` on the same views; equal to 6e-7);
 - the new key/value of each row goes straight into its slot (one ``index_copy_`` per layer);
 - no per-call mask building, output records or cache objects.
 
@@ -84,7 +86,9 @@ class LlamaForward(GenericForward):
         groups = heads // kv_heads
         width = int(positions.max()) + 1
         index = slots.write_index(positions)
-        mask = (torch.arange(width, device=self.device)[None, :] <= positions[:, None])[:, None, None]  # (B,1,1,W)
+        hidden = torch.arange(width, device=self.device)[None, :] > positions[:, None]  # (B, W) beyond the row
+        mask = torch.zeros(hidden.shape, device=self.device).masked_fill_(hidden, float("-inf"))[:, None, None]
+        scale = dim ** -0.5
         x = self.embed[tokens]  # (B, hidden)
         cos, sin = self.rotary(x, positions[None])  # (1, B, D)
         cos, sin = cos[0, :, None], sin[0, :, None]  # (B, 1, D): broadcast over heads
@@ -95,8 +99,9 @@ class LlamaForward(GenericForward):
             k = self._rotate(qkv[:, q_size:q_size + kv_size].view(rows, kv_heads, dim), cos, sin)
             v = qkv[:, q_size + kv_size:].view(rows, kv_heads, dim)
             keys, values = slots.append(layer, k, v, index, width)  # (B, H_kv, W, D)
-            # The G query heads of a key/value head act as G queries of it: (B, H_kv, G, D).
-            attended = F.scaled_dot_product_attention(q.view(rows, kv_heads, groups, dim), keys, values, attn_mask=mask)
+            # The G query heads of a key/value head act as G queries of it: scores (B, H_kv, G, W).
+            scores = torch.matmul(q.view(rows, kv_heads, groups, dim), keys.transpose(-1, -2)) * scale + mask
+            attended = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, H_kv, G, D)
             x = x + F.linear(attended.reshape(rows, q_size), o_weight)
             gate, up = F.linear(self._rms_norm(x, norm2), gate_up_weight).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, down_weight)
