@@ -9,9 +9,9 @@ import pytest
 from datafiles import write_jsonl
 from tuneloop.data import DataError, load_records
 from tuneloop.data.bundled import chatterbot_pairs
-from tuneloop.data.chat import render_prompt, render_with_mask
+from tuneloop.data.chat import render_prompt, render_reply, render_with_mask
 from tuneloop.data.preferences import preference_pairs
-from tuneloop.train.dpo_data import Limits, load_preference_data, tokenize_response
+from tuneloop.train.dpo_data import Limits, load_preference_data
 
 WIDE = Limits(max_length=4096, max_prompt_length=2048, too_long="truncate")
 
@@ -35,7 +35,7 @@ def test_response_tokens_are_the_sft_answer_tokens(tiny_tokenizer):
     """Single-turn: prompt tokens are what generation sees, response tokens exactly SFT's trained tokens."""
     prompt = [{"role": "user", "content": "What is a movie?"}]
     reply = [{"role": "assistant", "content": "A story told in moving pictures."}]
-    ids, mask = tokenize_response(tiny_tokenizer, prompt, reply)
+    ids, mask = render_reply(tiny_tokenizer, prompt, reply)
     doc = render_with_mask(tiny_tokenizer, prompt + reply)
     prompt_ids = render_prompt(tiny_tokenizer, prompt)
     assert doc.input_ids[:len(prompt_ids)] == prompt_ids
@@ -48,7 +48,7 @@ def test_response_tokens_are_the_sft_answer_tokens(tiny_tokenizer):
 def test_multi_turn_response_masks_the_template_separator(tiny_tokenizer):
     prompt = [{"role": "user", "content": "Two answers please."}]
     reply = [{"role": "assistant", "content": "One."}, {"role": "assistant", "content": "Two."}]
-    ids, mask = tokenize_response(tiny_tokenizer, prompt, reply)
+    ids, mask = render_reply(tiny_tokenizer, prompt, reply)
     doc = render_with_mask(tiny_tokenizer, prompt + reply)
     start = len(render_prompt(tiny_tokenizer, prompt))
     assert ids == doc.input_ids[start:start + len(ids)]

@@ -16,7 +16,8 @@ from tuneloop.config import load_config
 from tuneloop.losses.sequence_logps import sum_by_sequence, token_logps
 from tuneloop.train.dpo import DPOConfig, train
 from tuneloop.train.dpo_data import collate, graded_sequences, load_preference_data
-from tuneloop.train.dpo_reference import REFERENCE_FILE, sequence_logps
+from tuneloop.models.logprobs import sequence_logps
+from tuneloop.train.dpo_reference import REFERENCE_FILE
 
 
 def test_token_logps_by_hand():

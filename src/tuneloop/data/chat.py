@@ -69,15 +69,19 @@ def render_prompt(tokenizer, messages: list[Message]) -> list[int]:
     return _encode(tokenizer, render_text(tokenizer, messages, add_generation_prompt=True))
 
 
-def render_with_mask(tokenizer, messages: list[Message]) -> Tokenized:
-    """Token ids of a whole conversation and a mask that is 1 on every assistant answer token."""
+def answer_spans(tokenizer, messages: list[Message], first: int = 0) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span (start, end) of each assistant turn at index
+    ≥ ``first``: it starts where the turns before it, rendered with the generation prompt, end, and
+    stops at the end of the text rendered through it, trailing whitespace excluded (module doc).
+
+    The one prefix-stability check of tuneloop: a template that rewrites an earlier turn when a later
+    one is added raises ``TemplateError``."""
     full = render_text(tokenizer, messages, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if i < first or message["role"] != "assistant":
             continue
-        before = render_text(tokenizer, messages[:i], add_generation_prompt=True) if i else \
-            render_text(tokenizer, [], add_generation_prompt=True)
+        before = render_text(tokenizer, messages[:i], add_generation_prompt=True)
         through = render_text(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if not through.startswith(before) or not full.startswith(through):
             raise TemplateError(
@@ -88,16 +92,38 @@ def render_with_mask(tokenizer, messages: list[Message]) -> Tokenized:
         if end <= start:
             raise TemplateError(f"the chat template rendered assistant turn {i} as empty text")
         spans.append((start, end))
+    return full, spans
+
+
+def _pieces(tokenizer, text: str, spans: list[tuple[int, int]], cursor: int) -> tuple[list[int], list[int]]:
+    """Token ids of ``text[cursor:last span end]``, each piece tokenised on its own, and a mask that is 1
+    on the answer spans, 0 on the text between them (turn separators, user turns)."""
     ids: list[int] = []
     mask: list[int] = []
-    cursor = 0
     for start, end in spans:
-        prompt_part = _encode(tokenizer, full[cursor:start])
-        answer_part = _encode(tokenizer, full[start:end])
-        ids += prompt_part + answer_part
-        mask += [0] * len(prompt_part) + [1] * len(answer_part)
+        between = _encode(tokenizer, text[cursor:start])
+        answer = _encode(tokenizer, text[start:end])
+        ids += between + answer
+        mask += [0] * len(between) + [1] * len(answer)
         cursor = end
-    tail = _encode(tokenizer, full[cursor:])
-    ids += tail
-    mask += [0] * len(tail)
-    return Tokenized(ids, mask)
+    return ids, mask
+
+
+def render_with_mask(tokenizer, messages: list[Message]) -> Tokenized:
+    """Token ids of a whole conversation and a mask that is 1 on every assistant answer token (SFT)."""
+    full, spans = answer_spans(tokenizer, messages)
+    ids, mask = _pieces(tokenizer, full, spans, 0)
+    tail = _encode(tokenizer, full[spans[-1][1] if spans else 0:])
+    return Tokenized(ids + tail, mask + [0] * len(tail))
+
+
+def render_reply(tokenizer, prompt: list[Message], reply: list[Message]) -> tuple[list[int], list[int]]:
+    """(reply ids, reply mask) of assistant turns ``reply`` following ``render_prompt(tokenizer, prompt)``:
+    exactly the tokens ``render_with_mask`` gives the same conversation after its prompt, without the
+    trailing whitespace after the last end-of-turn marker. A later turn is preceded by the template's
+    separator (end of line, next turn's header), which is in the ids with mask 0 (DPO responses,
+    reward-model inputs)."""
+    full, spans = answer_spans(tokenizer, list(prompt) + list(reply), first=len(prompt))
+    if len(spans) != len(reply):
+        raise TemplateError(f"a reply must hold assistant turns only, got roles {[m['role'] for m in reply]}")
+    return _pieces(tokenizer, full, spans, spans[0][0])

@@ -93,29 +93,37 @@ def load_causal_lm(cfg: ModelConfig, trainable: bool = True):
     return model, tokenizer
 
 
-def apply_lora(model, cfg: LoraConfig):
+def apply_lora(model, cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap ``model`` with LoRA adapters (peft); ``task_type`` "SEQ_CLS" for a reward model keeps its new
+    scalar head fully trainable."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     targets = cfg.target_modules[0] if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                              task_type="CAUSAL_LM")
+                              task_type=task_type)
     return get_peft_model(model, peft_cfg)
+
+
+ADAPTER_FILES = {"merged": "no", "both": "also", "adapter": "only"}  # LoraConfig.save → save_merged(adapter=)
+
+
+def save_merged(model, folder: Path, adapter: Literal["no", "also", "only"] = "no") -> None:
+    """Write ``model`` as a transformers folder that loads as is: a LoRA model's adapters are merged into
+    a copy of its weights (the model itself keeps them). ``adapter``: "also" writes the adapter to
+    ``folder/adapter`` as well, "only" writes just the adapter (peft format) instead of merged weights."""
+    is_peft = hasattr(model, "peft_config")
+    if is_peft and adapter in ("also", "only"):
+        model.save_pretrained(folder / "adapter" if adapter == "also" else folder)
+    if not is_peft or adapter != "only":
+        import copy
+
+        (copy.deepcopy(model).merge_and_unload() if is_peft else model).save_pretrained(folder)
 
 
 def save_model(model, tokenizer, folder: Path, lora: LoraConfig) -> None:
     """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads as is (merged LoRA by default)."""
-    is_peft = hasattr(model, "peft_config")
-    if is_peft and lora.save in ("adapter", "both"):
-        model.save_pretrained(folder / "adapter" if lora.save == "both" else folder)
-    if not is_peft or lora.save in ("merged", "both"):
-        if is_peft:
-            import copy
-
-            merged = copy.deepcopy(model).merge_and_unload()
-        else:
-            merged = model
-        merged.save_pretrained(folder)
+    save_merged(model, folder, ADAPTER_FILES[lora.save])
     tokenizer.save_pretrained(folder)
 
 

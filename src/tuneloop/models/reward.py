@@ -40,10 +40,10 @@ from typing import Literal
 import torch
 
 from tuneloop.atomic import atomic_write_text
-from tuneloop.data.chat import FALLBACK_TEMPLATE, TemplateError, render_text
+from tuneloop.data.chat import FALLBACK_TEMPLATE, render_prompt, render_reply
 from tuneloop.data.formats import Message, plain_prompt_text
 from tuneloop.models.attention import attention_kernel
-from tuneloop.models.loading import LoraConfig, ModelConfig, load_tokenizer, resolve_model_name
+from tuneloop.models.loading import ModelConfig, apply_lora, load_tokenizer, resolve_model_name, save_merged
 
 RewardKind = Literal["causal_lm", "encoder"]
 INFO_FILE = "tuneloop_reward.json"
@@ -144,14 +144,9 @@ class Renderer:
         return Encoded(list(out.ids), list(out.type_ids) if uses_types else None, keep_r)
 
     def _encode_chat(self, prompt: list[Message], response: list[Message]) -> Encoded:
-        tok = self.tokenizer
-        before = render_text(tok, prompt, add_generation_prompt=True)
-        full = render_text(tok, prompt + response, add_generation_prompt=False).rstrip()
-        if not full.startswith(before):
-            raise TemplateError("the reward model's chat template renders the prompt differently once a reply "
-                                "follows (not prefix-stable); give it a prefix-stable chat template")
-        p = tok(before, add_special_tokens=False)["input_ids"]
-        r = tok(full[len(before):], add_special_tokens=False)["input_ids"]
+        # the policy's tokens: the prompt as at generation time, the reply as SFT and DPO cut it
+        p = render_prompt(self.tokenizer, prompt)
+        r, _ = render_reply(self.tokenizer, prompt, response)
         keep_p, keep_r = truncation_lengths(len(p), len(r), self.max_length)
         return Encoded(p[len(p) - keep_p:] + r[:keep_r], None, keep_r)
 
@@ -314,7 +309,7 @@ def build_reward_model(cfg: ModelConfig, kind: str = "auto", disable_dropout: bo
     if layers is not None:
         freeze_lower_layers(hf, layers)
     if cfg.lora.enabled:
-        hf = _apply_lora(hf, cfg.lora)
+        hf = apply_lora(hf, cfg.lora, task_type="SEQ_CLS")  # the fresh head stays fully trainable
     return RewardModel(hf, resolved, tokenizer.pad_token_id), tokenizer
 
 
@@ -347,26 +342,11 @@ def freeze_lower_layers(hf, trainable: int) -> None:
             after = after or any(m is blocks for m in child.modules())
 
 
-def _apply_lora(hf, cfg: LoraConfig):
-    """LoRA on the backbone; the freshly initialised head stays fully trainable (peft SEQ_CLS)."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    targets = cfg.target_modules[0] if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                              task_type="SEQ_CLS")
-    return get_peft_model(hf, peft_cfg)
-
-
 def save_reward_model(model: RewardModel, tokenizer, folder: Path, info: RewardModelInfo,
                       keep_adapter: bool = False) -> None:
     """Write a transformers sequence-classification folder (LoRA merged) + tokenizer + tuneloop_reward.json;
     with ``keep_adapter`` a LoRA model's adapter (and trained head) also goes to ``adapter/``."""
-    hf = model.hf
-    if keep_adapter and hasattr(hf, "peft_config"):
-        hf.save_pretrained(folder / "adapter")
-    plain = copy.deepcopy(hf).merge_and_unload() if hasattr(hf, "peft_config") else hf
-    plain.save_pretrained(folder)
+    save_merged(model.hf, folder, "also" if keep_adapter else "no")
     tokenizer.save_pretrained(folder)
     info.save(folder)
 

@@ -43,8 +43,9 @@ from tuneloop.losses.dpo import (
 )
 from tuneloop.models import ModelConfig, load_causal_lm
 from tuneloop.models.loading import load_tokenizer, save_model
-from tuneloop.models.logprobs import supports_logits_to_keep
+from tuneloop.models.logprobs import sequence_logps, supports_logits_to_keep
 from tuneloop.models.modes import eval_mode
+from tuneloop.models.reference import load_frozen
 from tuneloop.runs import RunDir
 from tuneloop.train.batch_plan import BatchPlan, make_batch_plan, step_micro_batches
 from tuneloop.train.dpo_config import DPOConfig
@@ -61,7 +62,6 @@ from tuneloop.train.dpo_reference import (
     cached_reference,
     live_reference,
     reference_sets,
-    sequence_logps,
     visited_units,
 )
 from tuneloop.train.loop import (
@@ -225,8 +225,7 @@ class _Setup:
 def _reference_model(cfg: DPOConfig, policy):
     if cfg.reference.model is None:
         return policy
-    model_cfg = ModelConfig(name=cfg.reference.model, attn_implementation=cfg.model.attn_implementation)
-    return load_causal_lm(model_cfg, trainable=False)[0]
+    return load_frozen(ModelConfig(name=cfg.reference.model, attn_implementation=cfg.model.attn_implementation))
 
 
 def train(cfg: DPOConfig, resume_dir: str | Path | None = None,

@@ -1,9 +1,10 @@
 """Preference data for the DPO family as token sequences: tokenise, truncate, split, collate.
 
-A response is tokenised exactly as SFT masks it (``data.chat``): the prompt is ``render_prompt`` (the
-tokens the model sees at generation time), and each assistant turn of the response is its text plus
-the end-of-turn marker, cut from the rendered chat template at message boundaries; trailing whitespace
-after the marker is not part of the response. Chosen and rejected share the prompt's tokens.
+A response is tokenised exactly as SFT masks it, by the one prefix-stable renderer (``data.chat``): the
+prompt is ``render_prompt`` (the tokens the model sees at generation time), the response
+``render_reply``: each assistant turn is its text plus the end-of-turn marker, cut from the rendered
+chat template at message boundaries; trailing whitespace after the marker is not part of the response.
+Chosen and rejected share the prompt's tokens.
 
 Truncation (only when prompt + longer response exceeds ``max_length``): the prompt keeps its last
 ``max_prompt_length`` tokens (the latest turns matter most), then responses are cut at the end to fit.
@@ -25,7 +26,7 @@ import torch
 
 from tuneloop.batches import PreferenceBatch
 from tuneloop.data import load_records
-from tuneloop.data.chat import TemplateError, render_text
+from tuneloop.data.chat import render_prompt, render_reply
 from tuneloop.data.formats import Message
 from tuneloop.data.packing import pack_best_fit
 from tuneloop.data.preferences import preference_pairs, unpaired_examples
@@ -84,45 +85,6 @@ class DataStats:
                 "sequence_tokens_total": sum(lengths)}
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-
-def _prompt_ids(tokenizer, prompt: list[Message]) -> list[int]:
-    """What the model sees at generation time (``data.chat.render_prompt``)."""
-    return _encode(tokenizer, render_text(tokenizer, prompt, add_generation_prompt=True))
-
-
-def tokenize_response(tokenizer, prompt: list[Message], response: list[Message]
-                      ) -> tuple[list[int], list[int]]:
-    """(response ids, response mask) of ``response`` following ``render_prompt(tokenizer, prompt)``.
-
-    The first assistant turn starts right after the generation prompt; a later one is preceded by the
-    template's separator (end of line, next turn's header), which is in the ids with mask 0.
-    """
-    conversation = list(prompt)
-    done = render_text(tokenizer, conversation, add_generation_prompt=True)  # text covered so far
-    ids: list[int] = []
-    mask: list[int] = []
-    for i, message in enumerate(response):
-        before = render_text(tokenizer, conversation, add_generation_prompt=True)
-        conversation.append(message)
-        through = render_text(tokenizer, conversation, add_generation_prompt=False)
-        if not before.startswith(done) or not through.startswith(before):
-            raise TemplateError("the chat template is not prefix-stable (rendering a later turn changes an "
-                                "earlier one), so response tokens cannot be located from the message "
-                                "structure")
-        end = len(through.rstrip())
-        if end <= len(before):
-            raise TemplateError(f"the chat template rendered response turn {i} as empty text")
-        separator = _encode(tokenizer, before[len(done):])
-        answer = _encode(tokenizer, through[len(before):end])
-        ids += separator + answer
-        mask += [0] * len(separator) + [1] * len(answer)
-        done = through[:end]
-    return ids, mask
-
-
 @dataclass(frozen=True)
 class Limits:
     max_length: int
@@ -173,12 +135,12 @@ def tokenize_pairs(pairs, tokenizer, limits: Limits, stats: DataStats) -> list[T
     strict = [pair for pair in pairs if not pair.tie]  # a tie names no better reply: no direction to learn
     stats.dropped_ties += len(pairs) - len(strict)
     pairs = strict
-    prompts = [_prompt_ids(tokenizer, p.prompt) for p in pairs]
-    chosen = [tokenize_response(tokenizer, p.prompt, p.chosen) for p in pairs]
+    prompts = [render_prompt(tokenizer, p.prompt) for p in pairs]
+    chosen = [render_reply(tokenizer, p.prompt, p.chosen) for p in pairs]
     groups = [p.group for p in pairs]
     out = []
     for i, pair in enumerate(pairs):
-        rejected = tokenize_response(tokenizer, pair.prompt, pair.rejected)
+        rejected = render_reply(tokenizer, pair.prompt, pair.rejected)
         fitted = _fit(prompts[i], [chosen[i], rejected], limits, stats)
         if fitted is not None:
             mismatched = _mismatched(prompts, chosen, groups, i, limits)
@@ -189,8 +151,8 @@ def tokenize_pairs(pairs, tokenizer, limits: Limits, stats: DataStats) -> list[T
 
 
 def tokenize_examples(examples, tokenizer, limits: Limits, stats: DataStats) -> list[TokenExample]:
-    prompts = [_prompt_ids(tokenizer, e.prompt) for e in examples]
-    responses = [tokenize_response(tokenizer, e.prompt, e.completion) for e in examples]
+    prompts = [render_prompt(tokenizer, e.prompt) for e in examples]
+    responses = [render_reply(tokenizer, e.prompt, e.completion) for e in examples]
     groups = [e.group for e in examples]
     out = []
     for i, example in enumerate(examples):

@@ -23,37 +23,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tuneloop.batches import PreferenceBatch
-from tuneloop.losses.sequence_logps import sum_by_sequence, token_logps
-from tuneloop.models.attention import SDPA_KERNELS
-from tuneloop.models.logprobs import supports_logits_to_keep
+from tuneloop.models.logprobs import sequence_logps, supports_logits_to_keep
+from tuneloop.models.modes import eval_mode
+from tuneloop.models.reference import reference_model
 from tuneloop.train.batch_plan import BatchPlan, step_micro_batches
 from tuneloop.train.dpo_data import GRADED_NAMES, Layout, ScoredSequence, collate
 
 REFERENCE_FILE = "reference_logps.safetensors"
-
-
-def sequence_logps(model, batch: PreferenceBatch, keep_response_only: bool) -> torch.Tensor:
-    """Σ log π(y_t | x, y_<t) over each sequence's counted response tokens: (S,) fp32, differentiable.
-
-    With ``keep_response_only`` the output head runs only at positions that predict a response token
-    (``logits_to_keep``): the prompt positions need no logits at all.
-    """
-    columns = torch.unique(batch.score_cols)  # (M,) sorted: every column some counted token is predicted at
-    kwargs = {"logits_to_keep": columns} if keep_response_only else {}
-    mask = batch.attention_mask
-    inner = getattr(model, "module", model)  # under DistributedDataParallel
-    if mask is not None and mask.dim() == 4 and inner.config._attn_implementation not in SDPA_KERNELS:
-        # eager attention adds the mask to the scores: a float mask, 0 where allowed
-        blocked = torch.finfo(inner.dtype).min
-        mask = torch.zeros(mask.shape, dtype=inner.dtype, device=mask.device).masked_fill(~mask, blocked)
-    # use_cache=False: transformers builds the per-document (block-diagonal) mask from restarting
-    # position ids only when no KV cache is passed.
-    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
-                use_cache=False, **kwargs)
-    logits = out.logits if keep_response_only else out.logits[:, columns]  # (B, M, V)
-    where = torch.searchsorted(columns, batch.score_cols)  # (N,) each token's column among the kept ones
-    values = token_logps(logits[batch.score_rows, where], batch.score_targets)  # (N,)
-    return sum_by_sequence(values, batch.score_sequence, batch.num_sequences)
 
 
 @dataclass
@@ -84,17 +60,15 @@ def unit_chunks(units: Sequence[tuple[ScoredSequence, ...]], token_budget: int) 
 def score_units(model, units: Sequence[tuple[ScoredSequence, ...]], *, layout: Layout, pad_id: int,
                 token_budget: int, device, progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """(U, K) fp32 summed response log-probs of the K sequences of each unit, under ``model`` in eval mode."""
-    was_training = model.training
-    model.eval()
     keep = supports_logits_to_keep(model)
     out = []
-    for chunk in unit_chunks(units, token_budget):
-        sequences = [seq for i in chunk for seq in units[i]]
-        batch = collate(sequences, paired=False, layout=layout, pad_id=pad_id)
-        out.append(sequence_logps(model, batch.to(device), keep).float().cpu().reshape(len(chunk), -1))
-        if progress is not None:
-            progress(len(chunk))
-    model.train(was_training)
+    with eval_mode(model):
+        for chunk in unit_chunks(units, token_budget):
+            sequences = [seq for i in chunk for seq in units[i]]
+            batch = collate(sequences, paired=False, layout=layout, pad_id=pad_id)
+            out.append(sequence_logps(model, batch.to(device), keep).float().cpu().reshape(len(chunk), -1))
+            if progress is not None:
+                progress(len(chunk))
     return torch.cat(out) if out else torch.zeros(0, len(units[0]) if units else 0)
 
 
@@ -203,7 +177,6 @@ def cached_reference(path: Path, sets: Sequence[ReferenceSet], reference_name: s
 def live_reference(model, accelerator, keep_response_only: bool) -> Callable[[PreferenceBatch], torch.Tensor]:
     """The LoRA base (adapters disabled) scoring a batch without gradient: (S,) fp32."""
     def score(batch: PreferenceBatch) -> torch.Tensor:
-        base = accelerator.unwrap_model(model)
-        with torch.no_grad(), base.disable_adapter():
+        with reference_model(accelerator.unwrap_model(model)) as base:
             return sequence_logps(base, batch, keep_response_only).float()
     return score
