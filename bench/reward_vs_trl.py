@@ -144,7 +144,7 @@ def run_trl(args, train_rows, work: Path, steps: int):
 
 
 def held_out_accuracy(hf_model, rows, kind: str) -> float:
-    from tuneloop.losses.preference_metrics import pair_accuracy
+    from tuneloop.metrics.preference import pair_accuracy
     from tuneloop.models.reward import RewardModel, score_encoded
 
     model = RewardModel(hf_model, kind, hf_model.config.pad_token_id or 0).eval()

@@ -21,7 +21,7 @@ from tuneloop.losses.preference import (
     ranking_pairwise_loss,
     reward_centering_penalty,
 )
-from tuneloop.losses.preference_metrics import (
+from tuneloop.metrics.preference import (
     accuracy_by_length_bucket,
     accuracy_by_length_difference,
     average_ranks,

@@ -6,12 +6,14 @@ file, whatever moment the process is killed at.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -60,6 +62,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[Any], sort_keys: bool = False) -> int:
+    """Write ``rows`` as JSON Lines (UTF-8, non-ASCII kept) atomically; returns how many were written."""
+    lines = [json.dumps(row, ensure_ascii=False, sort_keys=sort_keys) + "\n" for row in rows]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -6,13 +6,31 @@ Mask meaning, everywhere: 1 (or True) marks a position that counts, 0 a position
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+if TYPE_CHECKING:
+    from tuneloop.models.reward import Encoded
+
+_B = TypeVar("_B", bound="TensorBatch")
+
+
+class TensorBatch:
+    """What every typed batch shares: a copy with a function applied to each tensor field (``.to``)."""
+
+    def map_tensors(self: _B, fn: Callable[[torch.Tensor], torch.Tensor]) -> _B:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return type(self)(**{name: fn(v) if isinstance(v, torch.Tensor) else v for name, v in values.items()})
+
+    def to(self: _B, device: torch.device | str) -> _B:
+        return self.map_tensors(lambda t: t.to(device))
+
 
 @dataclass
-class SFTBatch:
+class SFTBatch(TensorBatch):
     """One micro-batch for supervised fine-tuning (padded rows, or one padding-free packed row)."""
 
     input_ids: torch.Tensor  # (B, T) token ids; padding positions hold the pad id
@@ -33,16 +51,10 @@ class SFTBatch:
             return self.input_ids.numel()
         return int(self.attention_mask.sum().item())
 
-    def to(self, device: torch.device | str) -> SFTBatch:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device)
-        return SFTBatch(**moved)
 
 
 @dataclass
-class PreferenceBatch:
+class PreferenceBatch(TensorBatch):
     """One micro-batch for the DPO family: S response sequences scored in one forward pass.
 
     Paired losses: S = 2P sequences of P pairs, interleaved (sequence 2i is the chosen response of pair
@@ -80,16 +92,10 @@ class PreferenceBatch:
         """Pairs (paired) or examples (KTO): the unit the loss is averaged over."""
         return self.num_sequences // 2 if self.paired else self.num_sequences
 
-    def to(self, device: torch.device | str) -> PreferenceBatch:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device)
-        return PreferenceBatch(**moved)
 
 
 @dataclass
-class Rollout:
+class Rollout(TensorBatch):
     """One batch of RL experience: N prompts × K samples = B rows, prompt i's samples in rows iK…iK+K−1.
 
     Layout: row b of ``query_responses`` is its prompt left-padded to P columns, then its response
@@ -121,15 +127,25 @@ class Rollout:
     def rows(self, index: torch.Tensor | list[int]) -> Rollout:
         """The rows ``index`` (a mini-batch), every per-row field sliced alike."""
         index = torch.as_tensor(index, dtype=torch.long)
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value[index.to(value.device)]
-        return Rollout(**moved)
+        return self.map_tensors(lambda t: t[index.to(t.device)])
 
-    def to(self, device: torch.device | str) -> Rollout:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device)
-        return Rollout(**moved)
+
+@dataclass
+class ComparisonBatch(TensorBatch):
+    """A reward-model micro-batch of judgment units, flattened for one scoring pass: N units (a pair, or a
+    K-way ranking), R = Σ K rows, P pair units, Q ranking units."""
+
+    rows: list[Encoded]  # (R,) every candidate of every unit, unit by unit
+    pair_chosen: torch.Tensor  # (P,) long: row index of each pair unit's chosen response
+    pair_rejected: torch.Tensor  # (P,) long: row index of its rejected response
+    pair_margin: torch.Tensor  # (P,) fp32
+    pair_tie: torch.Tensor  # (P,) bool
+    pair_weight: torch.Tensor  # (P,) fp32 per-prompt weight
+    rank_index: torch.Tensor  # (Q, K) long: row index of each candidate of ranking units; −1 pads
+    rank_groups: torch.Tensor  # (Q, K) long: tie group, 0 = best; −1 pads
+    rank_weight: torch.Tensor  # (Q,) fp32
+    weight_sum: float  # Σ weights: the units this micro-batch's loss sum counts
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(r) for r in self.rows)

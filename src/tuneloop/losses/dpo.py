@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneloop.losses.preference import fp32_or_wider
-from tuneloop.losses.preference_metrics import pair_accuracy
+from tuneloop.metrics.preference import pair_accuracy
 
 
 @dataclass

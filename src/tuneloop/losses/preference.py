@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tuneloop.losses.preference_metrics import pair_accuracy
+from tuneloop.metrics.preference import pair_accuracy
 
 
 def fp32_or_wider(x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Input: the scores of held-out judged pairs (``ScoredPairs``) and of every held-out response. Output
 (``write_report``): ``report.json`` with accuracy (ties apart), calibration (reliability bins, ECE),
-accuracy by response length and length bias. The metrics come from ``tuneloop.losses.preference_metrics``;
+accuracy by response length and length bias. The metrics come from ``tuneloop.metrics.preference``;
 see there for how ties and calibration are counted. Figures are drawn by the function the caller
 passes as ``figures`` (the reward stage passes ``tuneloop.report.reward_figures.draw``): this module
 computes numbers and imports no plotting.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tuneloop.atomic import atomic_write_text
-from tuneloop.losses import preference_metrics as pm
+from tuneloop.metrics import preference as pm
 
 NUM_BINS = 10
 LENGTH_BUCKETS = 4  # accuracy by length: quantile buckets of the pair's mean response length

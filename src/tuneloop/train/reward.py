@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from tuneloop.batches import ComparisonBatch
 from tuneloop.checkpoint import NamedState
 from tuneloop.config import ConfigError
 from tuneloop.data.split import EVAL_FRACTION, check_eval_fraction, split_by_prompt
@@ -38,7 +39,7 @@ from tuneloop.losses.preference import (
     ranking_pairwise_loss,
     reward_centering_penalty,
 )
-from tuneloop.losses.preference_metrics import pair_accuracy
+from tuneloop.metrics.preference import pair_accuracy
 from tuneloop.models.bundled_encoder import BUNDLED_ENCODER
 from tuneloop.models.loading import ModelConfig, load_tokenizer, resolve_model_name
 from tuneloop.models.modes import eval_mode
@@ -69,7 +70,6 @@ from tuneloop.train.loop import (
 from tuneloop.train.optim import OptimConfig
 from tuneloop.train.reward_data import (
     Comparison,
-    ComparisonBatch,
     load_comparisons,
     load_reference,
     make_batch,

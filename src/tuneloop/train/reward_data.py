@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from tuneloop.batches import ComparisonBatch
 from tuneloop.data import DataError, load_records
 from tuneloop.data.formats import prompt_messages
 from tuneloop.data.preferences import is_ranking, preference_pair, ranking
@@ -113,26 +114,6 @@ def load_reference(path: str, renderer: Renderer) -> list[Encoded]:
     if len(rows) < 2:
         raise DataError(path, f"a normalisation reference set needs at least 2 responses, found {len(rows)}")
     return rows
-
-
-@dataclass
-class ComparisonBatch:
-    """A micro-batch of units, flattened for one scoring pass. N units, R = Σ K rows, P pairs, Q rankings."""
-
-    rows: list[Encoded]  # (R,) every candidate of every unit, unit by unit
-    pair_chosen: torch.Tensor  # (P,) long: row index of each pair unit's chosen response
-    pair_rejected: torch.Tensor  # (P,) long: row index of its rejected response
-    pair_margin: torch.Tensor  # (P,) fp32
-    pair_tie: torch.Tensor  # (P,) bool
-    pair_weight: torch.Tensor  # (P,) fp32 per-prompt weight
-    rank_index: torch.Tensor  # (Q, K) long: row index of each candidate of ranking units; −1 pads
-    rank_groups: torch.Tensor  # (Q, K) long: tie group, 0 = best; −1 pads
-    rank_weight: torch.Tensor  # (Q,) fp32
-    weight_sum: float  # Σ weights: the units this micro-batch's loss sum counts
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(r) for r in self.rows)
 
 
 def _better(unit: Comparison) -> int:

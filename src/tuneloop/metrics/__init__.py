@@ -1,0 +1,2 @@
+"""Metrics: pure tensor functions that measure (accuracy, calibration, correlations), kept apart from
+``losses/`` (what is optimised)."""
