@@ -95,6 +95,7 @@ def test_a_failed_pipeline_resumes_from_the_failed_stage(tmp_path):
     with pytest.raises(RuntimeError, match="told to fail"):
         _run(path)
     assert CALLS == ["a", "b"] and not (tmp_path / "out/b/stage.json").exists()
+    assert "Traceback" in (tmp_path / "out/b/log.txt").read_text()
     assert json.loads((tmp_path / "out/pipeline.json").read_text())["failed"] == "b"
     CALLS.clear()
     _run(_chain(tmp_path))  # the fix: same a, b without the failure

@@ -29,7 +29,8 @@ DEMO_PIPELINE = Path(__file__).with_name("demo.yaml")
 
 
 def run_demo(quick: bool, out_dir: str, fresh: bool = False, verbose: bool = False) -> dict:
-    """Run the demo pipeline into ``<out_dir>/demo`` (or ``demo-quick``); returns the stage records."""
+    """Run the demo pipeline into ``<out_dir>/demo`` (or ``demo-quick``); returns the stage records ({} when a
+    stage failed: the failure and where its traceback is were printed; running again resumes there)."""
     from tuneloop.pipeline import load_pipeline, run_pipeline
 
     root = Path(out_dir) / ("demo-quick" if quick else "demo")
@@ -39,7 +40,10 @@ def run_demo(quick: bool, out_dir: str, fresh: bool = False, verbose: bool = Fal
     print(f"tuneloop demo{' --quick' if quick else ''}: {len(pipeline.stages)} stages on "
           f"{pipeline.variables['policy']} → {root}/  (each stage's own output: {root}/<stage>/log.txt)")
     started = time.time()
-    records = run_pipeline(pipeline, verbose=verbose)
+    try:
+        records = run_pipeline(pipeline, verbose=verbose)
+    except Exception:  # the failed stage was reported with where its traceback is
+        return {}
     report = records["report"].outputs["html"]
     print(f"\ndone in {time.time() - started:.0f}s.  Report: {Path(report).resolve()}")
     print(f"Judge the candidates yourself instead of the simulated raters:\n"
@@ -56,4 +60,4 @@ def register(sub) -> None:
     p.add_argument("--out-dir", default="runs", help="the demo goes into <out-dir>/demo (or demo-quick)")
     p.add_argument("--fresh", action="store_true", help="rerun every stage instead of reusing finished ones")
     p.add_argument("--verbose", action="store_true", help="show every stage's own output")
-    p.set_defaults(handler=lambda a, _: run_demo(a.quick, a.out_dir, a.fresh, a.verbose) and 0)
+    p.set_defaults(handler=lambda a, _: 0 if run_demo(a.quick, a.out_dir, a.fresh, a.verbose) else 1)

@@ -36,6 +36,7 @@ import re
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,10 +316,11 @@ def run_pipeline(pipeline: Pipeline, verbose: bool = False, echo: Callable[[str]
                     with quiet_output(folder / "log.txt"):
                         outputs, summary = kind.run(context, config)
             except Exception as err:
+                with open(folder / "log.txt", "a", encoding="utf-8") as log:
+                    log.write(traceback.format_exc())
                 _write_state(pipeline, records, started, failed=stage.name)
                 echo(f"[{index}/{total}] {stage.name:<{width}}  FAILED after {time.time() - t0:.1f}s: {err}")
-                if not verbose:
-                    echo(f"      its output: {folder / 'log.txt'}; fix it and run again to resume from here")
+                echo(f"      its output and traceback: {folder / 'log.txt'}; fix it and run again to resume from here")
                 raise
             record = StageRecord(stage.name, stage.uses, key, {k: str(v) for k, v in outputs.items()},
                                  round(time.time() - t0, 2), False, summary)
