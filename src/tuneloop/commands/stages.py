@@ -10,13 +10,12 @@ in as one more ``ConfigStage`` line in ``STAGE_KINDS`` with a headline for its p
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop.atomic import atomic_write_text
+from tuneloop.atomic import atomic_write_jsonl
 
 
 def _percent(value: Any) -> str:
@@ -60,7 +59,7 @@ def config_stage(config_cls: str, train_fn: str) -> Callable[[Any, dict], tuple[
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_jsonl(path, rows)
     return path
 
 

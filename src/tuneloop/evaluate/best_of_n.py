@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tuneloop.atomic import atomic_write_text
+from tuneloop.atomic import atomic_write_jsonl
 from tuneloop.evaluate.overoptimization import best_of_n_choice, best_of_n_kl
 
 PER_CANDIDATE = ("completions", "completion_tokens", "finish_reasons")
@@ -47,5 +47,5 @@ def best_of_n_file(path: str | Path, reward_spec: str, n: int) -> list[dict]:
     path = Path(path)
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     selected = select_best_of_n(records, load_reward(reward_spec), n)
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in selected))
+    atomic_write_jsonl(path, selected)
     return selected

@@ -16,21 +16,19 @@ distribution exactly, and eval.json records the sampling settings next to the nu
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tuneloop.atomic import atomic_write_text
+from tuneloop.atomic import atomic_write_jsonl
 from tuneloop.data import load_records
 from tuneloop.data.chat import render_prompt
 from tuneloop.data.formats import prompt_messages
 from tuneloop.evaluate import overoptimization as oo
-from tuneloop.evaluate.config import EvalConfig, PolicySpec
+from tuneloop.evaluate.config import EvalConfig
 from tuneloop.evaluate.stats import (
     bootstrap_interval,
     distinct_n,
@@ -208,5 +206,4 @@ def _write_samples(folder: Path, s: PolicySamples, prompts: list[list[dict]]) ->
              "finish_reason": "eos" if s.finished[i] else "length", "kl_k1": s.kl_k1[i], "kl_k3": s.kl_k3[i],
              **{name: v[i] for name, v in s.scores.items()}}
             for i, p in enumerate(s.prompt_index)]
-    atomic_write_text(folder / f"samples-{s.name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                                 for r in rows))
+    atomic_write_jsonl(folder / f"samples-{s.name}.jsonl", rows)
