@@ -16,6 +16,7 @@ import torch
 
 from tuneloop.batches import SFTBatch
 from tuneloop.data.chat import Tokenized
+from tuneloop.data.padding import pad_rows, padding_mask
 
 IGNORE_TARGET = 0  # any valid id; positions with loss_mask 0 are never read
 
@@ -73,21 +74,13 @@ def collate_padding_free(docs: Sequence[Tokenized]) -> SFTBatch:
 
 def collate_padded(docs: Sequence[Tokenized], pad_id: int, padding_side: str = "right") -> SFTBatch:
     """One row per document, padded to the longest; ``padding_side`` is "right" or "left"."""
-    assert padding_side in ("left", "right"), f"padding_side must be 'left' or 'right', got {padding_side!r}"
-    width = max(len(d) for d in docs)
-    rows = {"ids": [], "pos": [], "att": [], "tgt": [], "mask": []}
-    for doc in docs:
-        t, w = _targets(doc)
-        pad = width - len(doc)
-        parts = {"ids": (doc.input_ids, pad_id), "pos": (list(range(len(doc))), 0), "att": ([1] * len(doc), 0),
-                 "tgt": (t, IGNORE_TARGET), "mask": (w, 0.0)}
-        for key, (values, fill) in parts.items():
-            rows[key].append(values + [fill] * pad if padding_side == "right" else [fill] * pad + values)
+    targets, weights = zip(*(_targets(doc) for doc in docs))
+    side = padding_side
     return SFTBatch(
-        input_ids=torch.tensor(rows["ids"], dtype=torch.long),
-        position_ids=torch.tensor(rows["pos"], dtype=torch.long),
-        attention_mask=torch.tensor(rows["att"], dtype=torch.long),
-        targets=torch.tensor(rows["tgt"], dtype=torch.long),
-        loss_mask=torch.tensor(rows["mask"], dtype=torch.float32),
+        input_ids=pad_rows([doc.input_ids for doc in docs], pad_id, side),
+        position_ids=pad_rows([range(len(doc)) for doc in docs], 0, side),
+        attention_mask=padding_mask([len(doc) for doc in docs], side),
+        targets=pad_rows(targets, IGNORE_TARGET, side),
+        loss_mask=pad_rows(weights, 0.0, side, dtype=torch.float32),
         num_documents=len(docs),
     )

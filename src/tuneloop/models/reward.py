@@ -42,6 +42,7 @@ import torch
 from tuneloop.atomic import atomic_write_text
 from tuneloop.data.chat import FALLBACK_TEMPLATE, render_prompt, render_reply
 from tuneloop.data.formats import Message, plain_prompt_text
+from tuneloop.data.padding import pad_rows, padding_mask
 from tuneloop.models.attention import attention_kernel
 from tuneloop.models.loading import ModelConfig, apply_lora, load_tokenizer, resolve_model_name, save_merged
 
@@ -204,20 +205,10 @@ class RewardModel(torch.nn.Module):
 
 def collate_encoded(rows: list[Encoded], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad rows to the longest: input_ids (B, T), attention_mask (B, T), token_type_ids (B, T) if any."""
-    assert padding_side in ("left", "right"), f"padding_side must be 'left' or 'right', got {padding_side!r}"
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    types = torch.zeros((len(rows), width), dtype=torch.long) if any(r.token_type_ids for r in rows) else None
-    for i, row in enumerate(rows):
-        start = 0 if padding_side == "right" else width - len(row)
-        ids[i, start:start + len(row)] = torch.tensor(row.input_ids)
-        mask[i, start:start + len(row)] = 1
-        if types is not None and row.token_type_ids:
-            types[i, start:start + len(row)] = torch.tensor(row.token_type_ids)
-    out = {"input_ids": ids, "attention_mask": mask}
-    if types is not None:
-        out["token_type_ids"] = types
+    out = {"input_ids": pad_rows([r.input_ids for r in rows], pad_id, padding_side),
+           "attention_mask": padding_mask([len(r) for r in rows], padding_side)}
+    if any(r.token_type_ids for r in rows):
+        out["token_type_ids"] = pad_rows([r.token_type_ids or [0] * len(r) for r in rows], 0, padding_side)
     return out
 
 

@@ -29,6 +29,7 @@ from tuneloop.data import load_records
 from tuneloop.data.chat import render_prompt, render_reply
 from tuneloop.data.formats import Message
 from tuneloop.data.packing import pack_best_fit
+from tuneloop.data.padding import pad_rows, padding_mask
 from tuneloop.data.preferences import preference_pairs, unpaired_examples
 from tuneloop.data.split import split_by_prompt
 
@@ -264,12 +265,11 @@ def collate(sequences: Sequence[ScoredSequence], *, paired: bool, layout: Layout
     scores = _Scores()
     if layout == "padded":
         rows = [seq.prompt_ids + seq.response_ids for seq in sequences]
-        width = max(len(r) for r in rows)
         for s, seq in enumerate(sequences):
             scores.add(s, len(seq.prompt_ids), len(seq.prompt_ids), seq, s)
-        ids = [r + [pad_id] * (width - len(r)) for r in rows]
-        positions = [list(range(len(r))) + [0] * (width - len(r)) for r in rows]
-        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        ids = pad_rows(rows, pad_id)
+        positions = pad_rows([range(len(r)) for r in rows], 0)
+        attention = padding_mask([len(r) for r in rows])
         real_tokens = sum(len(r) for r in rows)
     else:
         trees = _trees(sequences, share_prompts=layout == "shared_prompt")
@@ -306,8 +306,8 @@ def collate(sequences: Sequence[ScoredSequence], *, paired: bool, layout: Layout
         attention = None if not shared and len(ids) == 1 else \
             _tree_mask(torch.tensor(tree_ids), torch.tensor(branches))
     return PreferenceBatch(
-        input_ids=torch.tensor(ids, dtype=torch.long),
-        position_ids=torch.tensor(positions, dtype=torch.long),
+        input_ids=torch.as_tensor(ids, dtype=torch.long),
+        position_ids=torch.as_tensor(positions, dtype=torch.long),
         attention_mask=attention,
         score_rows=torch.tensor(scores.rows, dtype=torch.long),
         score_cols=torch.tensor(scores.cols, dtype=torch.long),
