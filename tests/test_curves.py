@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tuneloop.train.curves import plot_curves, read_metrics, smoothing_window, trailing_mean
+from tuneloop.curves import plot_curves, read_metrics, smoothing_window, trailing_mean
 
 
 def test_trailing_mean_by_hand():

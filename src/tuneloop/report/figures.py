@@ -35,7 +35,7 @@ def png_bytes(fig) -> bytes:
 
 def training_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
     """The run's curves as one PNG (None when it logged none of the known metrics)."""
-    from tuneloop.train.curves import plot_curves
+    from tuneloop.curves import plot_curves
 
     return plot_curves(metrics_path, out_path, CURVE_PANELS, title)
 

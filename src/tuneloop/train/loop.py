@@ -30,11 +30,11 @@ from typing import Any
 
 from tuneloop.atomic import atomic_dir
 from tuneloop.checkpoint import NamedState, latest_checkpoint, load_checkpoint, save_checkpoint
+from tuneloop.curves import plot_curves
 from tuneloop.runs import RunConfig, RunDir, new_run_dir
 from tuneloop.tracking import Tracker
 from tuneloop.train.accumulate import StepTotals, accumulate_gradients, optimizer_step
 from tuneloop.train.batch_plan import BatchPlan
-from tuneloop.train.curves import plot_curves
 from tuneloop.train.optim import OptimConfig, build_optimizer, build_scheduler
 
 
