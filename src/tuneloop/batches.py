@@ -112,6 +112,7 @@ class Rollout(TensorBatch):
     prompt_index: torch.Tensor  # (B,) position of the row's prompt in the prompt list
     sampling_logps: torch.Tensor  # (B, A) log π_sampler(y_t) reported by generate() (temperature-scaled)
     ended: torch.Tensor  # (B,) bool: the response stopped at a stop token (False: cut at max_new_tokens)
+    loss_mask: torch.Tensor | None = None  # (B, A) response_mask without filtered rows (overlong, zero-signal groups)
     old_logps: torch.Tensor | None = None  # (B, A) log π_old(y_t): the training forward before the update
     ref_logps: torch.Tensor | None = None  # (B, A) log π_ref(y_t) under the reference model
     values: torch.Tensor | None = None  # (B, A) V(s_t) of the critic before the update (gae only)

@@ -1,0 +1,139 @@
+"""Rollout and experience of the RL stage: prompts → K responses per prompt → a ``Rollout`` with the
+sampler's, the policy's and the reference's log-probs, the critic's values and the reward's scores.
+
+Sampling goes through ``generation.generate`` (the one engine every stage uses), one call per prompt
+with a seed derived from (run seed, round, prompt position): a prompt's K responses do not depend on
+which process samples it or on what else is in the batch, so 2 processes sample exactly what 1 does.
+Training log-probs come from ``models.logprobs.answer_logprobs`` (the one teacher-forced function) with
+the logits divided by the sampling temperature (Huang et al.: otherwise the ratio is off from step 1).
+The reference is the same base with the LoRA adapter disabled, or a frozen copy of the initial policy.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from tuneloop.batches import Rollout
+from tuneloop.data import load_records
+from tuneloop.data.chat import render_prompt
+from tuneloop.data.errors import DataError
+from tuneloop.data.formats import Message, prompt_messages
+from tuneloop.generation import Generation, SamplingConfig, generate
+from tuneloop.models.logprobs import answer_logprobs
+
+SEED_STRIDE = 1_000_003  # seed of prompt j in round s: seed·STRIDE² + s·STRIDE + j (distinct for j < STRIDE)
+
+
+@dataclass
+class PromptSet:
+    messages: list[list[Message]]  # conversations ending on a user turn
+    token_ids: list[list[int]]  # each rendered with the generation prompt, cut to its last max tokens
+
+
+def load_prompts(source: str, tokenizer, max_tokens: int) -> PromptSet:
+    """Validated, rendered prompts; a file with no prompts is an error naming it."""
+    records = load_records(source)
+    messages = [prompt_messages(r) for r in records]
+    if not messages:
+        raise DataError(f"{source}: no prompts (expected records with 'prompt' or 'messages')")
+    ids = [render_prompt(tokenizer, m)[-max_tokens:] for m in messages]
+    return PromptSet(messages, ids)
+
+
+def round_prompts(num_prompts: int, prompts_per_step: int, round_index: int, seed: int) -> list[int]:
+    """The prompt positions of round ``round_index`` over all processes: a pure function of (seed, round)
+    walking through seeded epoch permutations of the prompt list."""
+    out: list[int] = []
+    start = round_index * prompts_per_step
+    while len(out) < prompts_per_step:
+        epoch, offset = divmod(start + len(out), num_prompts)
+        order = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed * SEED_STRIDE + epoch))
+        out += order[offset:offset + prompts_per_step - len(out)].tolist()
+    return out
+
+
+def sample_rollout(model, tokenizer, prompts: PromptSet, positions: list[int], order: list[int], k: int,
+                   sampling: SamplingConfig, seed: int, round_index: int) -> tuple[Rollout, list[Generation]]:
+    """Sample K responses for each prompt in ``positions`` (``order[i]`` is its index within the round)."""
+    gens: list[Generation] = []
+    for position, within in zip(positions, order):
+        call_seed = (seed * SEED_STRIDE + round_index) * SEED_STRIDE + within
+        gens += generate(model, tokenizer, [prompts.token_ids[position]], sampling, k, seed=call_seed)[0]
+    pad_id = tokenizer.pad_token_id
+    p = max(len(g.prompt_ids) for g in gens)
+    a = max(len(g.token_ids) for g in gens)
+    ids = torch.full((len(gens), p + a), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(gens), p + a), dtype=torch.long)
+    response_mask = torch.zeros((len(gens), a))
+    sampling_logps = torch.zeros((len(gens), a))
+    for row, g in enumerate(gens):
+        n_prompt, n_resp = len(g.prompt_ids), len(g.token_ids)
+        ids[row, p - n_prompt:p] = torch.tensor(g.prompt_ids)
+        ids[row, p:p + n_resp] = torch.tensor(g.token_ids, dtype=torch.long)
+        attention[row, p - n_prompt:p + n_resp] = 1
+        response_mask[row, :n_resp] = 1.0
+        sampling_logps[row, :n_resp] = torch.tensor(g.logprobs)
+    rollout = Rollout(
+        query_responses=ids, attention_mask=attention, response_mask=response_mask, prompt_width=p, group_size=k,
+        prompt_index=torch.tensor([pos for pos in positions for _ in range(k)]), sampling_logps=sampling_logps,
+        ended=torch.tensor([g.finish_reason == "eos" for g in gens]))
+    return rollout, gens
+
+
+def _pairs(rollout: Rollout) -> list[tuple[list[int], list[int]]]:
+    p = rollout.prompt_width
+    pairs = []
+    for row in range(rollout.num_rows):
+        prompt = rollout.query_responses[row, :p][rollout.attention_mask[row, :p].bool()]
+        response = rollout.query_responses[row, p:][rollout.response_mask[row].bool()]
+        pairs.append((prompt.tolist(), response.tolist()))
+    return pairs
+
+
+def policy_logps(model, rollout: Rollout, pad_id: int, temperature: float) -> torch.Tensor:
+    """log π(y_t) (B, A) by teacher forcing, logits / temperature; 0 on padding. Gradients flow unless
+    called under no_grad."""
+    per_row = answer_logprobs(model, _pairs(rollout), pad_id, padding_side="left", temperature=temperature or 1.0)
+    out = torch.zeros(rollout.response_mask.shape, dtype=per_row[0].dtype, device=per_row[0].device)
+    for row, values in enumerate(per_row):
+        out[row, :values.shape[0]] = values
+    return out
+
+
+def frozen_reference(policy):
+    """The reference model: None when the policy has a LoRA adapter (disable it instead), else a frozen copy."""
+    if hasattr(policy, "peft_config"):
+        return None
+    reference = copy.deepcopy(policy)
+    reference.requires_grad_(False).eval()
+    return reference
+
+
+@contextmanager
+def _adapter_disabled(model):
+    with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+        yield
+
+
+@torch.no_grad()
+def reference_logps(policy, reference, rollout: Rollout, pad_id: int, temperature: float) -> torch.Tensor:
+    """log π_ref(y_t) (B, A): the frozen copy, or the policy with its adapter disabled."""
+    if reference is not None:
+        return policy_logps(reference, rollout, pad_id, temperature)
+    with _adapter_disabled(policy):
+        return policy_logps(policy, rollout, pad_id, temperature)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Huang et al.: dropout off in policy and critic, so the ratio is 1 at the first step."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if config is not None and isinstance(getattr(config, key, None), float):
+            setattr(config, key, 0.0)
