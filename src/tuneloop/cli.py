@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                   "tuneloop.train.sft.SFTConfig", "tuneloop.train.sft.train")
     _config_stage(sub, "dpo", "direct preference optimisation (dpo, ipo, cdpo, robust, hinge, simpo, orpo, kto)", "tuneloop.train.dpo_config.DPOConfig", "tuneloop.train.dpo.train")  # noqa: E501
     _config_stage(sub, "reward", "train a reward model on preference judgments", "tuneloop.train.reward.RewardConfig", "tuneloop.train.reward.train")  # noqa: E501
+    for name, text in (("ppo", "PPO against the reward with a KL penalty (critic + GAE, clipped updates)"),
+                       ("a2c", "A2C against the reward: one policy-gradient update per rollout with a GAE critic"),
+                       ("grpo", "GRPO: K samples per prompt, group-normalised advantages, KL loss term"),
+                       ("rloo", "RLOO: K samples per prompt, leave-one-out baseline, KL in the reward")):
+        _config_stage(sub, name, text, f"tuneloop.train.rl_config.{name.upper()}Config", "tuneloop.train.rl.train")
     sample.register(sub)
     inspect_cmd.register(sub)
     from tuneloop import pipeline
