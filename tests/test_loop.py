@@ -119,3 +119,19 @@ def test_a_stage_finishes_in_the_shared_order(tmp_path):
     assert (result.model_dir / "config.json").is_file()
     last = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["split"] == "eval" and last["loss"] == summary["eval"]["loss"]
+
+
+def test_train_seconds_add_up_over_a_resume(tmp_path):
+    """The seconds spent before the checkpoint travel in its plain state and count in the summary."""
+    from accelerate import Accelerator
+
+    plan = BatchPlan(batch_size=4, micro_batch_size=2, world_size=1, steps_per_epoch=3, total_steps=2)
+    loop = Loop(Accelerator(cpu=True), RunDir(tmp_path), plan, LoopConfig(save_every=1), _Recorder(),
+                NamedState(plain={"train_seconds": 100.0}), start_step=1, started=time.time(),
+                plain_at_start={"train_seconds": 100.0})
+    for step in loop.steps():
+        loop.end_step(step, {"loss": 1.0})
+    import json
+
+    saved = json.loads((tmp_path / "checkpoints" / "step-2" / "tuneloop_state.json").read_text())
+    assert 100.0 < saved["plain"]["train_seconds"] < 160.0

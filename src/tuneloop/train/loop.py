@@ -142,7 +142,8 @@ class Loop:
         return done / max(time.time() - self.started, 1e-9)
 
     def seconds(self) -> float:
-        return time.time() - self.started
+        """Seconds in the loop over the whole run: those before the resumed checkpoint plus this session's."""
+        return self.plain_at_start.get("train_seconds", 0.0) + time.time() - self.started
 
     def end_step(self, step: int, metrics: dict[str, float], evaluate: Callable[[], dict] | None = None,
                  shown: dict[str, Any] | None = None) -> None:
@@ -160,6 +161,7 @@ class Loop:
                 and self.is_main:
             self.tracker.log(done, evaluate(), "eval")
         if self.schedule.save_every and done % self.schedule.save_every == 0:
+            self.state.plain["train_seconds"] = self.seconds()
             save_checkpoint(self.accelerator, self.run.checkpoints, done, self.state, self.schedule.keep_checkpoints)
 
 
@@ -207,8 +209,8 @@ def finish(loop: Loop, final_eval: Callable[[], dict], save_model: Callable[[Pat
            curve_panels: list[tuple[str, list[str]]] | None = None, curve_title: str = "") -> dict:
     """The end of every stage, in one order: final evaluation and its log line (main process), the
     model folder written atomically (``save_model(tmp_folder)``), tracker close, ``curves.png``,
-    ``summary.json`` (``summary`` + stage, steps, train_seconds, the plain counters, eval, model_dir,
-    curves). Every process calls it; returns the summary (empty on other processes)."""
+    ``summary.json`` (``summary`` + stage, steps, the plain counters, train_seconds (over the whole run,
+    resumes included), eval, model_dir, curves). Every process calls it; returns the summary (empty on other processes)."""
     train_seconds = loop.seconds()
     out: dict = {}
     if loop.is_main:
@@ -220,8 +222,8 @@ def finish(loop: Loop, final_eval: Callable[[], dict], save_model: Callable[[Pat
     if loop.is_main:
         curves = plot_curves(loop.run.metrics, loop.run.path / "curves.png", curve_panels, curve_title) \
             if curve_panels else None
-        out = {"stage": summary["stage"], "steps": loop.plan.total_steps, "train_seconds": train_seconds,
-               **loop.state.plain, **summary,
+        out = {"stage": summary["stage"], "steps": loop.plan.total_steps, **loop.state.plain,
+               "train_seconds": train_seconds, **summary,
                "eval": {k: v for k, v in eval_metrics.items() if not isinstance(v, (dict, list))},
                "model_dir": str(loop.run.model), "curves": str(curves) if curves else None}
         loop.run.write_summary(out)
