@@ -178,9 +178,11 @@ def test_every_enum_member_dispatches_to_its_function():
         close(dpo_family_loss(kind.value, pairs, params)[0], want, tol=0)
     desirable = torch.arange(8) % 2 == 0
     unpaired = UnpairedLogps(pc, rc, desirable, kto_reference_point(pr, rr))
-    want = kto_loss(pc, rc, desirable, kto_reference_point(pr, rr), beta=0.3, desirable_weight=1.0,
-                    undesirable_weight=1.0)[0]
-    close(dpo_family_loss(DPOLoss.KTO, unpaired, plain)[0], want, tol=0)
+    # Unequal λ_D, λ_U: a dispatch that dropped or swapped them would not give the same losses.
+    weighted = DPOParams(beta=0.3, kto_desirable_weight=1.5, kto_undesirable_weight=0.5)
+    want = kto_loss(pc, rc, desirable, kto_reference_point(pr, rr), beta=0.3, desirable_weight=1.5,
+                    undesirable_weight=0.5)[0]
+    close(dpo_family_loss(DPOLoss.KTO, unpaired, weighted)[0], want, tol=0)
 
 
 def test_enum_properties():

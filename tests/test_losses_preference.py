@@ -102,11 +102,14 @@ def test_per_prompt_weights_hand_values():
     close(per_prompt_weights(T([7, 7, 2, 7])), [1 / 3, 1 / 3, 1.0, 1 / 3])
 
 
-def test_one_pair_per_prompt_weighting_is_plain_mean():
-    """Distinct prompts: every weight is 1, so Σ w·loss / prompts equals the plain mean."""
+def test_per_prompt_weighted_mean_hand_value_and_distinct_prompts_limit():
+    """Losses (1, 2, 4, 6) of prompts (7, 7, 2, 7): weights (⅓, ⅓, 1, ⅓), Σ w·loss = (1 + 2 + 6)/3 + 4 = 7,
+    over 2 prompts: 3.5 (the plain mean would be 13/4 = 3.25). Limit: with distinct prompts every
+    weight is 1 and the weighted mean is the plain mean."""
+    weights = per_prompt_weights(T([7, 7, 2, 7]))
+    close((weights * T([1.0, 2.0, 4.0, 6.0])).sum() / 2, 3.5)
     loss = torch.rand(5)
-    weights = per_prompt_weights(T([4, 1, 3, 0, 2]))
-    close((weights * loss).sum() / 5, loss.mean())
+    close((per_prompt_weights(T([4, 1, 3, 0, 2])) * loss).sum() / 5, loss.mean())
 
 
 def test_ranking_pairwise_loss_hand_value():
