@@ -27,7 +27,6 @@ import torch
 from tuneloop.batches import PreferenceBatch
 from tuneloop.data import load_records
 from tuneloop.data.chat import render_prompt, render_reply
-from tuneloop.data.formats import Message
 from tuneloop.data.packing import pack_best_fit
 from tuneloop.data.padding import pad_rows, padding_mask
 from tuneloop.data.preferences import preference_pairs, unpaired_examples
