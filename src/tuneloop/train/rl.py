@@ -60,6 +60,7 @@ from tuneloop.train.rl_rollout import (
     load_prompts,
     policy_logps,
     reference_logps,
+    _quiet,
     round_prompts,
     sample_rollout,
 )
@@ -276,7 +277,8 @@ def train(cfg: RLConfig, resume_dir: str | Path | None = None,
         mine = range(rank * share, (rank + 1) * share)
         rollout, gens = sample_rollout(acc.unwrap_model(s.policy.model), s.tokenizer, s.prompts,
                                        [positions[i] for i in mine], list(mine), k, cfg.rollout.sampling,
-                                       cfg.run.seed, round_index)
+                                       cfg.run.seed, round_index,
+                                       log=print if round_index == loop.start_step and loop.is_main else _quiet)
         texts = [g.text for g in gens]
         t1 = time.time()
         # 2. score

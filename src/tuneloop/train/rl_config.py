@@ -162,15 +162,21 @@ class PPOConfig(RLConfig):
 
 
 @dataclass
-class A2CAlgoConfig(AlgoConfig):
-    """A2C's defaults: vanilla policy gradient, one pass over each rollout, unclipped value loss."""
+class OnePassAlgoConfig(AlgoConfig):
+    """One optimizer step per rollout (A2C, GRPO, RLOO): one epoch, one mini-batch."""
+
+    epochs: int = 1
+    """Passes over each rollout (1: the policy that sampled is the one that trains, ratio 1)."""
+    mini_batches: int = 1
+    """Optimizer steps per epoch (1: one update per rollout)."""
+
+
+@dataclass
+class A2CAlgoConfig(OnePassAlgoConfig):
+    """A2C's defaults: vanilla policy gradient, unclipped value loss."""
 
     policy_loss: PolicyLossName = "vanilla_pg"
     """Policy loss (A2C: vanilla_pg, no ratio, no clipping)."""
-    epochs: int = 1
-    """Passes over each rollout (A2C: 1)."""
-    mini_batches: int = 1
-    """Optimizer steps per epoch (A2C: 1, one update per rollout)."""
     value_clip: float | None = None
     """ε_v of the clipped value loss (A2C: null, plain squared error)."""
 
@@ -192,7 +198,7 @@ class GroupRolloutConfig(RolloutConfig):
 
 
 @dataclass
-class GRPOAlgoConfig(AlgoConfig):
+class GRPOAlgoConfig(OnePassAlgoConfig):
     """GRPO's defaults (DeepSeekMath §4.1): group-normalised advantages, k3 KL as a loss term."""
 
     estimator: EstimatorName = "grpo"
@@ -205,10 +211,6 @@ class GRPOAlgoConfig(AlgoConfig):
     """KL estimator used (GRPO eq. 4: k3)."""
     kl_in: Literal["reward", "loss"] = "loss"
     """Where the KL penalty goes (GRPO: a loss term)."""
-    epochs: int = 1
-    """Passes over each rollout (GRPO: 1)."""
-    mini_batches: int = 1
-    """Optimizer steps per epoch (GRPO: 1)."""
     whiten_advantages: bool = False
     """Whiten advantages over the batch (GRPO: off, they are normalised per group)."""
 
@@ -224,17 +226,13 @@ class GRPOConfig(RLConfig):
 
 
 @dataclass
-class RLOOAlgoConfig(AlgoConfig):
+class RLOOAlgoConfig(OnePassAlgoConfig):
     """RLOO's defaults (Ahmadian et al. 2024): leave-one-out baseline, REINFORCE update, KL in the reward."""
 
     estimator: EstimatorName = "rloo"
     """Advantage estimator (RLOO: rloo)."""
     policy_loss: PolicyLossName = "vanilla_pg"
     """Policy loss (RLOO: vanilla_pg, the REINFORCE gradient)."""
-    epochs: int = 1
-    """Passes over each rollout (RLOO: 1)."""
-    mini_batches: int = 1
-    """Optimizer steps per epoch (RLOO: 1)."""
     whiten_advantages: bool = False
     """Whiten advantages over the batch (RLOO: off)."""
 

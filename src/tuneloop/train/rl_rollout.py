@@ -2,8 +2,10 @@
 sampler's, the policy's and the reference's log-probs, the critic's values and the reward's scores.
 
 Sampling goes through ``generation.generate`` (the one engine every stage uses), one call per prompt
-with a seed derived from (run seed, round, prompt position): a prompt's K responses do not depend on
-which process samples it or on what else is in the batch, so 2 processes sample exactly what 1 does.
+with a seed derived from (run seed, round, prompt position) and rank 0: a prompt's K responses do not
+depend on which process samples it, so 2 processes sample exactly what 1 does (tested). The price is
+no batching across prompts (the K samples of a prompt are batched and share its prefill); a
+``generate()`` that takes per-prompt keys would remove it.
 Training log-probs come from ``models.logprobs.answer_logprobs`` (the one teacher-forced function) with
 the logits divided by the sampling temperature (Huang et al.: otherwise the ratio is off from step 1).
 The reference is the same base with the LoRA adapter disabled, or a frozen copy of the initial policy.
@@ -12,6 +14,7 @@ The reference is the same base with the LoRA adapter disabled, or a frozen copy 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -56,13 +59,21 @@ def round_prompts(num_prompts: int, prompts_per_step: int, round_index: int, see
     return out
 
 
+def _quiet(_line: str) -> None:
+    pass
+
+
 def sample_rollout(model, tokenizer, prompts: PromptSet, positions: list[int], order: list[int], k: int,
-                   sampling: SamplingConfig, seed: int, round_index: int) -> tuple[Rollout, list[Generation]]:
-    """Sample K responses for each prompt in ``positions`` (``order[i]`` is its index within the round)."""
+                   sampling: SamplingConfig, seed: int, round_index: int, log: Callable[[str], None] = _quiet
+                   ) -> tuple[Rollout, list[Generation]]:
+    """Sample K responses for each prompt in ``positions`` (``order[i]`` is its index within the round);
+    ``log`` receives the engine's KV-cache plan of the first call."""
     gens: list[Generation] = []
     for position, within in zip(positions, order):
+        # One call per prompt, keyed on its position in the round, rank 0: the same draws on any process.
         call_seed = (seed * SEED_STRIDE + round_index) * SEED_STRIDE + within
-        gens += generate(model, tokenizer, [prompts.token_ids[position]], sampling, k, seed=call_seed)[0]
+        gens += generate(model, tokenizer, [prompts.token_ids[position]], sampling, k, seed=call_seed, rank=0,
+                         log=log if within == order[0] else _quiet)[0]
     pad_id = tokenizer.pad_token_id
     p = max(len(g.prompt_ids) for g in gens)
     a = max(len(g.token_ids) for g in gens)

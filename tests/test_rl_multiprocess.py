@@ -1,0 +1,57 @@
+"""Two CPU processes (torchrun, gloo) run an RL round like one process with twice the accumulation:
+each rank samples its own prompts (a prompt's K responses are seeded by its position in the round, so
+the ranks draw exactly what one process draws), whitening and the loss normalisation use global sums."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from rl_helpers import spec
+from safetensors.torch import load_file
+from test_multiprocess import _free_port
+from test_sft_train import linear_adam_bound
+
+
+def _args(prompts, out, name):
+    return ["-m", "tuneloop.cli", "a2c", "--model.name", "tiny-llama", "--reward", spec("e_share"),
+            "--rollout.prompts", prompts, "--rollout.prompts_per_step", "4", "--rollout.samples_per_prompt", "2",
+            "--rollout.sampling.max_new_tokens", "6", "--rollout.sampling.batch_size", "2", "--micro_batch_size", "2",
+            "--steps", "1", "--optim.lr", "1", "--optim.eps", "1", "--critic.optim.lr", "1", "--critic.optim.eps", "1",
+            "--run.out_dir", str(out), "--run.name", name, "--run.seed", "5"]
+
+
+def test_two_processes_equal_one_process_with_twice_the_accumulation(tmp_path):
+    """A2C (policy + critic), one round of 4 prompts × K = 2: 4 micro-batches of 2 rows on 1 process,
+    2 on each of 2 processes. AdamW with ε = 1 (``test_sft_train.linear_adam_bound``): the policy's
+    weights agree within the fp32 bound of summing 4 parts in another order; the sampled responses,
+    scores and the logged losses agree."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               ["Tell me something.", "What is a robot?", "Say hello.", "Do you like music?"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *_args(str(prompts), tmp_path, "one")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(_free_port()), *_args(str(prompts), tmp_path, "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "= 4 accumulation × 2 rows × 1 process(es)" in one.stdout
+    assert "= 2 accumulation × 2 rows × 2 process(es)" in two.stdout
+    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    from tuneloop.models.loading import resolve_model_name
+
+    initial = load_file(os.path.join(resolve_model_name("tiny-llama"), "model.safetensors"))
+    update, _, bound = linear_adam_bound(initial, a, steps=1, accumulated=4)
+    diff = max((a[n] - b[n]).abs().max().item() for n in a)
+    assert update > 1e-2
+    assert diff < bound, f"2 processes differ from 1 by {diff:.2e}, over the fp32 bound {bound:.2e} (update {update:.2e})"
+    rows = [json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[0]) for r in ("one", "two")]
+    for key in ("objective/scores", "completions/mean_length", "objective/entropy"):
+        assert abs(rows[0][key] - rows[1][key]) < 1e-5, key
+    for key in ("loss/policy_avg", "loss/value_avg"):
+        assert abs(rows[0][key] - rows[1][key]) < 1e-5 * max(1.0, abs(rows[0][key])), key
