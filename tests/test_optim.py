@@ -3,7 +3,6 @@ the scheduler applying them step by step, and weight decay on matrices only."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
