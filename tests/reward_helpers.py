@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -48,3 +53,39 @@ def review_pairs(n: int, seed: int = 0) -> list[dict]:
 
 def write_pairs(path: Path, n: int, seed: int = 0) -> str:
     return write_jsonl(path, review_pairs(n, seed))
+
+
+class JsonEndpoint(BaseHTTPRequestHandler):
+    """A local JSON POST endpoint for the HTTP reward tests: subclasses define ``answer(body) -> dict``.
+    HTTP/1.1, so a client may keep its connection open between requests."""
+
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, body: dict) -> dict:
+        raise NotImplementedError
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        data = json.dumps(self.answer(body)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def local_server(handler: type[BaseHTTPRequestHandler], path: str = "/score") -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a thread; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -3,14 +3,10 @@ and the trained reward model behind ``load_reward`` (batch invariance, prompt fo
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 import torch
 
-from reward_helpers import tiny_bert  # noqa: F401  (fixture)
+from reward_helpers import JsonEndpoint, local_server, tiny_bert  # noqa: F401  (tiny_bert: fixture)
 from tuneloop.models.reward import RewardModelInfo
 from tuneloop.rewards import (
     HttpReward,
@@ -65,37 +61,21 @@ def test_text_scorers_for_the_rater_panel_come_from_one_loader(tmp_path):
         load_text_scorer("json:nope")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonEndpoint):
     calls: list[int] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, body: dict) -> dict:
         _Handler.calls.append(len(body["responses"]))
         if body["responses"] and body["responses"][0] == "break":
-            answer = {"scores": [1.0]}  # wrong count
-        else:
-            answer = {"scores": [len(r) + len(t) / 100 for r, t in zip(body["responses"], body["prompt_texts"])]}
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+            return {"scores": [1.0]}  # wrong count
+        return {"scores": [len(r) + len(t) / 100 for r, t in zip(body["responses"], body["prompt_texts"])]}
 
 
 @pytest.fixture()
 def reward_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     _Handler.calls = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/score"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with local_server(_Handler) as url:
+        yield url
 
 
 def test_http_reward_posts_batches_and_checks_answers(reward_server):

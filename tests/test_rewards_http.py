@@ -4,13 +4,12 @@ and one pooled connection for many batches (a local server on 127.0.0.1 and http
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
+from reward_helpers import JsonEndpoint, local_server
 from tuneloop.rewards.http import MAX_WAIT_S, HttpReward, RewardServiceError, backoff_waits
 
 URL = "http://reward.test/score"
@@ -87,36 +86,21 @@ def test_timeouts_and_refused_connections_are_retried():
         _reward(transport, [], retries=1).score(["p"], ["a"])
 
 
-class _KeepAliveHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep the connection open between requests
+class _KeepAliveHandler(JsonEndpoint):
     peers: list = []
     delay_s = 0.0
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, body: dict) -> dict:
         type(self).peers.append(self.client_address)
         time.sleep(type(self).delay_s)
-        data = json.dumps({"scores": [float(len(r)) for r in body["responses"]]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        return {"scores": [float(len(r)) for r in body["responses"]]}
 
 
 @pytest.fixture()
 def keepalive_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     _KeepAliveHandler.peers, _KeepAliveHandler.delay_s = [], 0.0
-    yield f"http://127.0.0.1:{server.server_address[1]}/score"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with local_server(_KeepAliveHandler) as url:
+        yield url
 
 
 def test_many_batches_share_one_pooled_connection(keepalive_server):
