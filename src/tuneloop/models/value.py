@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from tuneloop.models.loading import LoraConfig, ModelConfig
+from tuneloop.models.loading import ModelConfig, apply_lora
 
 CriticInit = Literal["policy", "reward_model"]
 
@@ -41,17 +41,6 @@ class ValueModel(torch.nn.Module):
 
 def _backbone(hf) -> torch.nn.Module:
     return getattr(hf, hf.base_model_prefix)
-
-
-def _adapt(backbone: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
-    if not lora.enabled:
-        return backbone
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    targets = lora.target_modules[0] if lora.target_modules == ["all-linear"] else list(lora.target_modules)
-    return get_peft_model(backbone, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                   target_modules=targets))
 
 
 def build_value_model(init: CriticInit, policy: ModelConfig, reward_model: str | None = None) -> ValueModel:
@@ -88,7 +77,7 @@ def build_value_model(init: CriticInit, policy: ModelConfig, reward_model: str |
     else:
         raise ValueError(f"critic.init must be 'policy' or 'reward_model', got {init!r}")
     if policy.lora.enabled:
-        backbone = _adapt(backbone, policy.lora)
+        backbone = apply_lora(backbone, policy.lora, task_type=None)  # a bare backbone: no task head
     model = ValueModel(backbone, head)
     model.train()
     return model

@@ -56,7 +56,7 @@ from tuneloop.train.rl_config import RLConfig, RLPlan, make_rl_plan, stage_name
 from tuneloop.train.rl_rollout import (
     PromptSet,
     disable_dropout,
-    frozen_reference,
+    initial_reference,
     load_prompts,
     policy_logps,
     reference_logps,
@@ -149,7 +149,7 @@ def _setup(cfg: RLConfig, resume_dir: str | Path | None) -> _Session:
     reward = _load_reward(cfg)
     policy, tokenizer = load_causal_lm(cfg.model)
     disable_dropout(policy)
-    reference = frozen_reference(policy)  # before any checkpoint loads: the reference is the initial policy
+    reference = initial_reference(policy)  # before any checkpoint loads: the reference is the initial policy
     trainees = {"policy": _trainee(policy, cfg.optim, plan.optimizer_steps, accelerator)}
     if AdvantageEstimator(cfg.algo.estimator).needs_critic:
         critic_model = build_value_model(cfg.critic.init, cfg.model,
@@ -203,12 +203,11 @@ def _score(s: _Session, cfg: RLConfig, rollout: Rollout, texts: list[str]) -> No
 @torch.no_grad()
 def _experience(s: _Session, cfg: RLConfig, rollout: Rollout) -> dict[str, float]:
     """Steps 3–4: log-probs, values, KL-penalised rewards, advantages and the loss mask, into the rollout."""
-    a, acc, pad_id = cfg.algo, s.accelerator, s.tokenizer.pad_token_id
+    a, acc = cfg.algo, s.accelerator
     temperature = cfg.rollout.sampling.temperature
     on_device = rollout.to(acc.device)
-    rollout.old_logps = policy_logps(s.policy.model, on_device, pad_id, temperature).cpu()
-    rollout.ref_logps = reference_logps(acc.unwrap_model(s.policy.model), s.reference, on_device, pad_id,
-                                        temperature).cpu()
+    rollout.old_logps = policy_logps(s.policy.model, on_device, temperature).cpu()
+    rollout.ref_logps = reference_logps(s.policy.model, s.reference, on_device, temperature).cpu()
     if s.critic is not None:
         rollout.values = response_values(s.critic.model, on_device.query_responses, on_device.attention_mask,
                                          rollout.prompt_width, rollout.response_mask.shape[1]).cpu()
@@ -288,8 +287,8 @@ def train(cfg: RLConfig, resume_dir: str | Path | None = None,
         metrics = _experience(s, cfg, rollout)
         t3 = time.time()
         # 5. update
-        metrics.update(update_on_rollout(s.policy, s.critic, rollout, cfg, plan, s.kl.coef,
-                                         s.tokenizer.pad_token_id, acc, cfg.run.seed, round_index))
+        metrics.update(update_on_rollout(s.policy, s.critic, rollout, cfg, plan, s.kl.coef, acc, cfg.run.seed,
+                                         round_index))
         t4 = time.time()
         # 6. log, adapt β, checkpoint
         loop.state.plain["episodes"] += plan.episodes

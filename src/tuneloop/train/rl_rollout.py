@@ -6,16 +6,14 @@ with a seed derived from (run seed, round, prompt position) and rank 0: a prompt
 depend on which process samples it, so 2 processes sample exactly what 1 does (tested). The price is
 no batching across prompts (the K samples of a prompt are batched and share its prefill); a
 ``generate()`` that takes per-prompt keys would remove it.
-Training log-probs come from ``models.logprobs.answer_logprobs`` (the one teacher-forced function) with
+Training log-probs come from ``models.logprobs.token_logprobs`` (the one teacher-forced function) with
 the logits divided by the sampling temperature (Huang et al.: otherwise the ratio is off from step 1).
 The reference is the same base with the LoRA adapter disabled, or a frozen copy of the initial policy.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +24,8 @@ from tuneloop.data.chat import render_prompt
 from tuneloop.data.errors import DataError
 from tuneloop.data.formats import Message, prompt_messages
 from tuneloop.generation import Generation, SamplingConfig, generate
-from tuneloop.models.logprobs import answer_logprobs
+from tuneloop.models.logprobs import positions_from_mask, token_logprobs
+from tuneloop.models.reference import frozen_copy, has_adapter, reference_model
 
 SEED_STRIDE = 1_000_003  # seed of prompt j in round s: seed·STRIDE² + s·STRIDE + j (distinct for j < STRIDE)
 
@@ -95,48 +94,30 @@ def sample_rollout(model, tokenizer, prompts: PromptSet, positions: list[int], o
     return rollout, gens
 
 
-def _pairs(rollout: Rollout) -> list[tuple[list[int], list[int]]]:
-    p = rollout.prompt_width
-    pairs = []
-    for row in range(rollout.num_rows):
-        prompt = rollout.query_responses[row, :p][rollout.attention_mask[row, :p].bool()]
-        response = rollout.query_responses[row, p:][rollout.response_mask[row].bool()]
-        pairs.append((prompt.tolist(), response.tolist()))
-    return pairs
-
-
-def policy_logps(model, rollout: Rollout, pad_id: int, temperature: float) -> torch.Tensor:
-    """log π(y_t) (B, A) by teacher forcing, logits / temperature; 0 on padding. Gradients flow unless
-    called under no_grad."""
-    per_row = answer_logprobs(model, _pairs(rollout), pad_id, padding_side="left", temperature=temperature or 1.0)
-    out = torch.zeros(rollout.response_mask.shape, dtype=per_row[0].dtype, device=per_row[0].device)
-    for row, values in enumerate(per_row):
-        out[row, :values.shape[0]] = values
+def policy_logps(model, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """log π(y_t) (B, A) by teacher forcing on the Rollout layout (``models.logprobs.token_logprobs``,
+    logits / temperature, only at response positions); 0 on padding. Gradients flow unless called
+    under no_grad."""
+    rows, cols = rollout.response_mask.nonzero(as_tuple=True)  # (N,) response token t of row b
+    logps = token_logprobs(model, rollout.query_responses, rollout.attention_mask,
+                           positions_from_mask(rollout.attention_mask), rows, rollout.prompt_width - 1 + cols,
+                           temperature=temperature or 1.0)
+    out = torch.zeros(rollout.response_mask.shape, dtype=logps.dtype, device=logps.device)
+    out[rows, cols] = logps
     return out
 
 
-def frozen_reference(policy):
-    """The reference model: None when the policy has a LoRA adapter (disable it instead), else a frozen copy."""
-    if hasattr(policy, "peft_config"):
-        return None
-    reference = copy.deepcopy(policy)
-    reference.requires_grad_(False).eval()
-    return reference
+def reference_logps(policy, reference, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """log π_ref(y_t) (B, A): the frozen copy, or the policy with its LoRA adapter disabled
+    (``models.reference.reference_model``: eval mode, no gradients)."""
+    with reference_model(policy, reference) as ref:
+        return policy_logps(ref, rollout, temperature)
 
 
-@contextmanager
-def _adapter_disabled(model):
-    with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-        yield
-
-
-@torch.no_grad()
-def reference_logps(policy, reference, rollout: Rollout, pad_id: int, temperature: float) -> torch.Tensor:
-    """log π_ref(y_t) (B, A): the frozen copy, or the policy with its adapter disabled."""
-    if reference is not None:
-        return policy_logps(reference, rollout, pad_id, temperature)
-    with _adapter_disabled(policy):
-        return policy_logps(policy, rollout, pad_id, temperature)
+def initial_reference(policy):
+    """The reference: None when the policy has a LoRA adapter (its disabled base is π_ref), else a
+    frozen copy of the policy as it is now (call before any checkpoint loads)."""
+    return None if has_adapter(policy) else frozen_copy(policy)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

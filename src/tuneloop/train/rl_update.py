@@ -43,12 +43,11 @@ class Trainee:
     max_grad_norm: float | None
 
 
-def _micro_losses(policy, critic, mb: Rollout, cfg: RLConfig, kl_coef: float, pad_id: int
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+def _micro_losses(policy, critic, mb: Rollout, cfg: RLConfig, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
     """(policy loss sum, value loss sum or None, token-mean metrics) of one micro-batch."""
     a = cfg.algo
     mask = mb.loss_mask
-    logps = policy_logps(policy, mb, pad_id, cfg.rollout.sampling.temperature)
+    logps = policy_logps(policy, mb, cfg.rollout.sampling.temperature)
     inputs = PolicyLossInputs(logps, mb.old_logps, mb.advantages, mask)
     params = PolicyLossParams(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip)
     loss, metrics = policy_loss(a.policy_loss, inputs, params)
@@ -77,7 +76,7 @@ def _units(mb: Rollout, cfg: RLConfig) -> tuple[float, float]:
 
 
 def update_on_rollout(policy: Trainee, critic: Trainee | None, rollout: Rollout, cfg: RLConfig, plan: RLPlan,
-                      kl_coef: float, pad_id: int, accelerator, seed: int, round_index: int) -> dict[str, float]:
+                      kl_coef: float, accelerator, seed: int, round_index: int) -> dict[str, float]:
     """Run E epochs × M mini-batches of optimizer steps; returns the round's update metrics."""
     device, world = accelerator.device, accelerator.num_processes
     rows = rollout.num_rows
@@ -103,7 +102,7 @@ def update_on_rollout(policy: Trainee, critic: Trainee | None, rollout: Rollout,
                         for m in models:
                             stack.enter_context(accelerator.no_sync(m))
                     p_sum, v_sum, metrics = _micro_losses(policy.model, critic.model if critic else None, mb, cfg,
-                                                          kl_coef, pad_id)
+                                                          kl_coef)
                     total = token_normalised(p_sum, global_units, world)
                     if v_sum is not None:
                         total = total + cfg.algo.vf_coef * token_normalised(v_sum, global_tokens, world)
