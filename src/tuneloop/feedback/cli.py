@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import importlib
 import ipaddress
 import json
 import sys
@@ -90,7 +89,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", default="auto", help="σ of the rater noise, or 'auto' to hit --target-agreement")
     p.add_argument("--target-agreement", type=float, default=0.75)
-    p.add_argument("--scorer", default="vader", help="'vader' or module:function (text → float)")
+    p.add_argument("--scorer", default="vader",
+                   help="gold scorer (vader, readability) or module:function / file.py:function (text → float)")
     p.set_defaults(handler=simulate_cmd)
 
     p = sub.add_parser("backup", help="online backup of the store while it is in use")
@@ -267,15 +267,10 @@ def settings_cmd(args, extra) -> int:
 
 
 def load_scorer(spec: str):
-    """'vader' or 'module:function' → a callable text → float."""
-    from tuneloop.feedback.panel import vader_scorer
+    """A gold scorer name ('vader', 'readability') or 'module:function' / 'file.py:function' → text → float."""
+    from tuneloop.rewards import load_text_scorer
 
-    if spec == "vader":
-        return vader_scorer()
-    module, sep, attr = spec.partition(":")
-    if not sep:
-        raise ValueError(f"--scorer must be 'vader' or module:function, got {spec!r}")
-    return getattr(importlib.import_module(module), attr)
+    return load_text_scorer(spec)
 
 
 def simulate_cmd(args, extra) -> int:
