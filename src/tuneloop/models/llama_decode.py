@@ -71,8 +71,10 @@ class LlamaForward(GenericForward):
             ))
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        variance = x.pow(2).mean(-1, keepdim=True)  # transformers' LlamaRMSNorm, fp32 throughout
-        return weight * (x * torch.rsqrt(variance + self.eps))
+        """transformers' LlamaRMSNorm: statistics in fp32, scaled back in the model's dtype."""
+        x32 = x.float()
+        variance = x32.pow(2).mean(-1, keepdim=True)
+        return weight * (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
