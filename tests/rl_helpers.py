@@ -14,3 +14,8 @@ def e_share(text: str) -> float:
 
 def spec(name: str) -> str:
     return f"{HERE}:{name}"
+
+
+def constant(text: str) -> float:
+    """The same score for every response: a group estimator gets no signal from it."""
+    return 0.5

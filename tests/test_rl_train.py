@@ -130,6 +130,30 @@ def test_adaptive_kl_coefficient_moves_with_the_measured_kl(tmp_path):
     assert coefs[2] == pytest.approx(coefs[1] * (1 + 0.2 * 4 / 40))  # round 2: KL > target → e = +0.2
 
 
+def test_lora_policy_uses_its_disabled_adapter_as_reference(tmp_path):
+    """PPO with LoRA on policy and critic: round 1 has KL 0 (the adapter starts at zero, so the policy is
+    its own base), round 2 a positive k3 KL to the adapter-disabled base; the merged model is saved."""
+    result = train(make_cfg("ppo", tmp_path, model={"name": "tiny-llama", "lora": {"enabled": True, "r": 4}},
+                            algo={"kl_estimator": "k3"}))
+    rows = metrics_rows(result.run_dir)
+    assert rows[0]["objective/kl"] == 0.0
+    assert rows[1]["objective/kl"] > 0.0
+    assert (result.model_dir / "model.safetensors").is_file()
+
+
+def test_dynamic_sampling_drops_groups_without_signal(tmp_path):
+    """GRPO with DAPO's dynamic sampling and a constant reward: every group's K scores are equal, so every
+    row leaves the loss, no optimizer step runs and the policy keeps its initial weights."""
+    from tuneloop.models.loading import resolve_model_name
+
+    result = train(make_cfg("grpo", tmp_path, reward=spec("constant"), algo={"dynamic_sampling": True}))
+    rows = metrics_rows(result.run_dir)
+    assert all(r["filtered/kept_fraction"] == 0.0 and r["optimizer_steps"] == 0 for r in rows)
+    initial = load_file(f"{resolve_model_name('tiny-llama')}/model.safetensors")
+    final = load_file(result.model_dir / "model.safetensors")
+    assert all(torch.equal(initial[n], final[n]) for n in initial)
+
+
 # --- exact resume ---------------------------------------------------------------------------------------------
 
 

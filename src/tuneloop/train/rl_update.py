@@ -142,11 +142,11 @@ def _reduce_metrics(sums, extremes, losses, steps, accelerator, has_critic, lr) 
             local = torch.tensor([min(values) if key.endswith("min") else -max(values)], device=accelerator.device)
             gathered = accelerator.gather(local)
             out[key] = float(gathered.min()) if key.endswith("min") else -float(gathered.min())
-    steps = max(steps, 1)
-    out["loss/policy_avg"] = losses["loss/policy_avg"] / steps
+    taken = max(steps, 1)
+    out["loss/policy_avg"] = losses["loss/policy_avg"] / taken
     if has_critic:
-        out["loss/value_avg"] = losses["loss/value_avg"] / steps
-    out["policy/grad_norm"] = sums.get("policy/grad_norm", 0.0) / steps
+        out["loss/value_avg"] = losses["loss/value_avg"] / taken
+    out["policy/grad_norm"] = sums.get("policy/grad_norm", 0.0) / taken
     out["lr"] = lr
     out["optimizer_steps"] = float(steps)
     return out
