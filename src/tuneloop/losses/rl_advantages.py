@@ -179,7 +179,8 @@ _ESTIMATORS: dict[AdvantageEstimator, Callable[[AdvantageInputs, AdvantageParams
 }
 
 
-def compute_advantages(kind: AdvantageEstimator | str, inputs: AdvantageInputs, params: AdvantageParams) -> Result:
+def compute_advantages(kind: AdvantageEstimator | str, inputs: AdvantageInputs, params: AdvantageParams
+                       ) -> Result:
     """(advantages (B, A), returns (B, A), metrics) of estimator ``kind``.
 
     ``returns`` are the critic's targets for ``gae`` and equal the advantages otherwise. Estimators with
@@ -191,8 +192,9 @@ def compute_advantages(kind: AdvantageEstimator | str, inputs: AdvantageInputs, 
         f"{tuple(inputs.non_score.shape)}, {tuple(inputs.mask.shape)}")
     advantages, returns, metrics = _ESTIMATORS[kind](inputs, params)
     m = inputs.mask.bool()
-    metrics = {**metrics, "advantages/mean": advantages[m].mean().item(), "advantages/std": advantages[m].std().item()
-               if int(m.sum()) > 1 else 0.0}
+    counted = advantages[m]
+    metrics = {**metrics, "advantages/mean": counted.mean().item(),
+               "advantages/std": counted.std().item() if counted.numel() > 1 else 0.0}
     return advantages, returns, metrics
 
 

@@ -89,7 +89,8 @@ def ppo_clip_loss(x: PolicyLossInputs, p: PolicyLossParams) -> tuple[torch.Tenso
 def vanilla_pg_loss(x: PolicyLossInputs, p: PolicyLossParams) -> tuple[torch.Tensor, dict[str, float]]:
     """A2C's policy gradient −Â·log π(y_t). (B, A) → (B, A). ``old_logps`` only feeds the metrics."""
     log_ratio = x.logps.detach().float() - x.old_logps.float()
-    return -x.advantages * x.logps.float() * x.mask, _ratio_metrics(log_ratio, x.mask, torch.zeros_like(x.mask).bool())
+    never_clipped = torch.zeros_like(x.mask).bool()
+    return -x.advantages * x.logps.float() * x.mask, _ratio_metrics(log_ratio, x.mask, never_clipped)
 
 
 def gspo_loss(x: PolicyLossInputs, p: PolicyLossParams) -> tuple[torch.Tensor, dict[str, float]]:
@@ -123,7 +124,8 @@ class PolicyLoss(str, Enum):
     CISPO = "cispo"
 
 
-_POLICY_LOSSES: dict[PolicyLoss, Callable[[PolicyLossInputs, PolicyLossParams], tuple[torch.Tensor, dict[str, float]]]] = {
+PolicyLossFn = Callable[[PolicyLossInputs, PolicyLossParams], tuple[torch.Tensor, dict[str, float]]]
+_POLICY_LOSSES: dict[PolicyLoss, PolicyLossFn] = {
     PolicyLoss.PPO_CLIP: ppo_clip_loss,
     PolicyLoss.VANILLA_PG: vanilla_pg_loss,
     PolicyLoss.GSPO: gspo_loss,
@@ -176,7 +178,8 @@ def truncated_is_weights(old_logps: torch.Tensor, sampling_logps: torch.Tensor, 
     return (old_logps.float() - sampling_logps.float()).exp().clamp(max=cap).detach()
 
 
-def logprob_mismatch(train_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+def logprob_mismatch(train_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor
+                     ) -> dict[str, float]:
     """The guard on sampler vs trainer log-probs of the same tokens: |Δ log π| mean and max, and the
     importance ratio π_train/π_sampler min/mean/max over the masked tokens. (B, A) inputs."""
     m = mask.bool()

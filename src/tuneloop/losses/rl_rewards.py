@@ -38,7 +38,8 @@ def kl_estimates(logps: torch.Tensor, ref_logps: torch.Tensor) -> dict[KLEstimat
 
     Differentiable in ``logps`` (for the KL loss term); detach the inputs for the reward penalty.
     """
-    assert logps.shape == ref_logps.shape, f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} differ"
+    assert logps.shape == ref_logps.shape, (
+        f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} differ")
     log_ratio = logps.float() - ref_logps.float()
     return {
         KLEstimator.K1: log_ratio,
@@ -62,7 +63,8 @@ def kl_per_token(kind: KLEstimator | str, logps: torch.Tensor, ref_logps: torch.
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """(B,) column of each row's last counted token; mask (B, A) with ≥ 1 counted token per row."""
     counted = mask.sum(-1)
-    assert bool((counted > 0).all()), f"every response needs ≥ 1 token; empty rows: {(counted == 0).nonzero().flatten().tolist()}"
+    empty = (counted == 0).nonzero().flatten().tolist()
+    assert not empty, f"every response needs ≥ 1 token; empty rows: {empty}"
     return mask.shape[-1] - 1 - mask.flip(-1).to(torch.int64).argmax(-1)
 
 

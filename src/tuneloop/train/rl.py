@@ -234,8 +234,9 @@ def _experience(s: _Session, cfg: RLConfig, rollout: Rollout) -> dict[str, float
                "objective/non_score_reward": (non_score * mask).sum(-1),
                "objective/rlhf_reward": rollout.scores + (non_score * mask).sum(-1),
                "completions/mean_length": mask.sum(-1), "completions/clipped_ratio": (~rollout.ended).float(),
-               "filtered/kept_fraction": keep, **{k: torch.full((rollout.num_rows,), v) for k, v in kl_metrics.items()},
-               **{k: torch.full((rollout.num_rows,), v) for k, v in {**adv_metrics, **sampler_guard(rollout)}.items()}}
+               "filtered/kept_fraction": keep}
+    batch_level = {**kl_metrics, **adv_metrics, **sampler_guard(rollout)}  # one value per process: each row holds it
+    per_row.update({k: torch.full((rollout.num_rows,), v) for k, v in batch_level.items()})
     metrics = _global_means(per_row, acc)
     if rollout.values is not None:
         metrics["val/vf_explained_var"] = explained_variance(rollout.values, returns, mask)
@@ -245,9 +246,10 @@ def _experience(s: _Session, cfg: RLConfig, rollout: Rollout) -> dict[str, float
 def _write_samples(run: RunDir, round_done: int, s: _Session, rollout: Rollout, texts: list[str]) -> None:
     rows = []
     for b in range(min(SAMPLES_PER_LOG, rollout.num_rows)):
+        log_ratio = (rollout.old_logps[b] - rollout.ref_logps[b]) * rollout.response_mask[b]
         rows.append({"step": round_done, "prompt": s.prompts.messages[int(rollout.prompt_index[b])][-1]["content"],
-                     "response": texts[b], "score": float(rollout.scores[b]), "raw_score": float(rollout.raw_scores[b]),
-                     "kl": float(((rollout.old_logps[b] - rollout.ref_logps[b]) * rollout.response_mask[b]).sum()),
+                     "response": texts[b], "score": float(rollout.scores[b]),
+                     "raw_score": float(rollout.raw_scores[b]), "kl": float(log_ratio.sum()),
                      "tokens": int(rollout.response_mask[b].sum()), "ended": bool(rollout.ended[b])})
     with open(run.path / SAMPLES_FILE, "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -297,7 +299,8 @@ def train(cfg: RLConfig, resume_dir: str | Path | None = None,
                         "timing/update_s": t4 - t3, "timing/round_s": t4 - t0,
                         "timing/episodes_per_s": plan.episodes / max(t4 - t0, 1e-9)})
         loop.state.plain["kl"] = dataclasses.asdict(s.kl.update(metrics["objective/kl"], plan.episodes))
-        loop.end_step(round_index, metrics, shown={"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
+        loop.end_step(round_index, metrics,
+                      shown={"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
         done = round_index + 1
         if acc.is_main_process and (done % cfg.log_every == 0 or done == plan.rounds):
             _write_samples(loop.run, done, s, rollout, texts)

@@ -40,7 +40,7 @@ AggregationName = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_s
 @dataclass
 class RolloutConfig:
     prompts: str = "bundled:review-prompts"
-    """Prompt file ({"prompt": ...} or {"messages": [...]} ending on a user turn; JSONL/Parquet/CSV) or bundled:<name>."""
+    """Prompts: {"prompt": ...} or {"messages": [...]} ending on a user turn (JSONL/Parquet/CSV), or bundled:<name>."""
     prompts_per_step: int = 8
     """Prompts sampled per optimizer-step round, over all processes (each process takes its share)."""
     samples_per_prompt: int = 1
@@ -111,7 +111,8 @@ class AlgoConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"algo.{key} must be ≥ 1, got {getattr(self, key)}")
         if self.clip_low < 0 or self.clip_high < 0 or self.clip_low >= 1:
-            raise ValueError(f"algo.clip_low must be in [0, 1) and clip_high ≥ 0; got {self.clip_low}, {self.clip_high}")
+            raise ValueError(f"algo.clip_low must be in [0, 1) and clip_high ≥ 0; got {self.clip_low}, "
+                             f"{self.clip_high}")
         if self.kl_coef < 0:
             raise ValueError(f"algo.kl_coef must be ≥ 0, got {self.kl_coef}")
 
@@ -129,7 +130,8 @@ class RLConfig(LoopConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy (and, with LoRA, the reference: the same base with the adapter disabled)."""
     reward: str | dict[str, float] = ""
-    """Reward spec: a reward-model folder, vader/readability, module:function, file.py:function, an http(s) URL, or {spec: weight} for a weighted mix."""
+    """Reward: a reward-model folder, vader, readability, module:function, file.py:function, an http(s) URL,
+    or a {spec: weight} mapping (a weighted mix)."""
     allow_weak_reward_model: bool = False
     """Go on (with a warning) when the reward model's held-out accuracy is not above chance."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -143,7 +145,8 @@ class RLConfig(LoopConfig):
     micro_batch_size: int = 4
     """Rows per forward/backward pass on one process."""
     steps: int = 20
-    """Rollout rounds (each: generate, score, then epochs × mini_batches optimizer steps); log_every and save_every count rounds."""
+    """Rollout rounds, each: generate, score, epochs × mini_batches optimizer steps (log_every, save_every count
+    rounds)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run folder and seed."""
 
@@ -247,7 +250,8 @@ class RLOOConfig(RLConfig):
     """Estimator, losses, KL (RLOO defaults: rloo, vanilla_pg, k1 KL in the reward, 1 epoch)."""
 
 
-PRESETS: dict[str, type[RLConfig]] = {"ppo": PPOConfig, "a2c": A2CConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
+PRESETS: dict[str, type[RLConfig]] = {
+    "ppo": PPOConfig, "a2c": A2CConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ class Trainee:
     max_grad_norm: float | None
 
 
-def _micro_losses(policy, critic, mb: Rollout, cfg: RLConfig, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+def _micro_losses(policy, critic, mb: Rollout, cfg: RLConfig, kl_coef: float
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
     """(policy loss sum, value loss sum or None, token-mean metrics) of one micro-batch."""
     a = cfg.algo
     mask = mb.loss_mask
