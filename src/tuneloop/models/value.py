@@ -59,14 +59,15 @@ def build_value_model(init: CriticInit, policy: ModelConfig, reward_model: str |
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
     elif init == "reward_model":
-        from tuneloop.models.reward import load_reward_model
+        from tuneloop.models.reward import RewardModelInfo, load_reward_model
 
         if reward_model is None:
             raise ValueError("critic.init: reward_model needs a reward-model folder as the reward")
-        rm, _, info = load_reward_model(reward_model)
-        if info.kind != "causal_lm":
+        kind = RewardModelInfo.load(reward_model).kind
+        if kind != "causal_lm":
             raise ValueError(f"critic.init: reward_model needs a causal-LM reward model; {reward_model} is "
-                             f"'{info.kind}' (its tokenizer differs from the policy's): use critic.init: policy")
+                             f"'{kind}' (its tokenizer differs from the policy's): use critic.init: policy")
+        rm, _, _ = load_reward_model(reward_model)
         core = rm.core
         backbone, score = _backbone(core), core.score
         head = torch.nn.Linear(score.in_features, 1, bias=True)
