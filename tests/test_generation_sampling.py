@@ -98,3 +98,26 @@ def test_drawing_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
     draw_uniforms([sequence_generator(3, 0, i, 0) for i in range(4)])
     assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize(("uniform", "index"), [(0.1, 1), (0.5, 3), (0.95, 4), (1 - 2**-53, 4)])
+def test_two_level_inverse_cdf_by_hand(uniform, index):
+    """probs [0, .2 | 0, .5 | .3, 0] in blocks of 2: block masses .2, .5, .3, cdf .2, .7, 1.
+    u = .1 → block 0, .1 left, inner cdf [0, .2] → index 1; u = .5 → block 1, .3 left, [0, .5] → 3;
+    u = .95 → block 2, .25 left, [.3, .3] → 4; u just below 1 (u × total may round to 1) still gives 4,
+    never the zero-probability index 5."""
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]])
+    assert sampling._invert_cdf(probs, torch.tensor([uniform], dtype=torch.float64), block=2).item() == index
+
+
+def test_two_level_inverse_cdf_equals_one_cumulative_sum():
+    """Rows with zero blocks, zero tails and a size that is not a multiple of the block: the same index
+    as searching one float64 cumulative sum over the whole row."""
+    generator = torch.Generator().manual_seed(1)
+    probs = torch.rand(64, 1000, generator=generator) ** 8
+    probs[:, 300:560] = 0.0
+    probs[::2, 900:] = 0.0
+    uniforms = torch.rand(64, generator=generator, dtype=torch.float64)
+    cdf = probs.double().cumsum(-1)
+    expected = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0]
+    assert torch.equal(sampling._invert_cdf(probs, uniforms, block=128), expected)

@@ -22,6 +22,7 @@ import hashlib
 import torch
 
 PARTIAL_SORT_SIZES = (256, 4096)  # top-p first looks for the nucleus among this many most likely tokens
+CDF_BLOCK = 256  # candidates per block of the two-level inverse cdf
 
 
 def sequence_seed(seed: int, rank: int, prompt_index: int, candidate_index: int) -> int:
@@ -54,15 +55,21 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         tokens = logits.argmax(-1)
         logprobs = logits.gather(-1, tokens[:, None])[:, 0] - torch.logsumexp(logits, -1)
         return tokens, logprobs
-    scaled = logits / temperature  # (B, V)
-    log_norm = torch.logsumexp(scaled, -1, keepdim=True)  # (B, 1)
-    kept_logits, kept_ids = _candidates(scaled, log_norm, top_k, top_p)
-    # Top-k renormalises among the k kept tokens (transformers' order: top-p then applies to that
-    # distribution); without top-k the probabilities are the full distribution's, also for a partial sort.
-    if 0 < top_k < logits.shape[-1]:
-        probs = torch.softmax(kept_logits, -1)
-    else:
-        probs = (kept_logits - log_norm).exp()
+    scaled = logits / temperature if temperature != 1.0 else logits  # (B, V)
+    if 0 < top_k < logits.shape[-1] or top_p < 1.0:
+        log_norm = torch.logsumexp(scaled, -1, keepdim=True)  # (B, 1)
+        kept_logits, kept_ids = _candidates(scaled, log_norm, top_k, top_p)
+        # Top-k renormalises among the k kept tokens (transformers' order: top-p then applies to that
+        # distribution); without top-k the probabilities are the full distribution's, also for a partial sort.
+        if 0 < top_k < logits.shape[-1]:
+            probs = torch.softmax(kept_logits, -1)
+        else:
+            probs = (kept_logits - log_norm).exp()
+    else:  # the whole vocabulary: one exp pass gives both the weights to draw from and the normaliser
+        top = scaled.amax(-1, keepdim=True)
+        probs = (scaled - top).exp_()  # (B, V) unnormalised
+        log_norm = top + probs.sum(-1, keepdim=True).log()
+        kept_ids = None
     if top_p < 1.0:
         mass_before = probs.cumsum(-1) - probs  # mass of the more likely candidates
         probs = probs.masked_fill(mass_before >= top_p, 0.0)  # the first candidate always stays
@@ -103,12 +110,24 @@ def _candidates(scaled: torch.Tensor, log_norm: torch.Tensor, top_k: int,
     raise AssertionError("unreachable: the full sort finds every row's nucleus")
 
 
-def _invert_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+def _invert_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int = CDF_BLOCK) -> torch.Tensor:
     """Index j of every row with cdf[j - 1] <= u * total < cdf[j] (probs (B, C) ≥ 0, not normalised).
 
-    The cumulative sum is in float64 so that the tail of a 49k vocabulary keeps its resolution; tokens
-    of zero probability can never be chosen (their cdf step is empty)."""
-    cdf = probs.double().cumsum(-1)  # (B, C)
-    target = (uniforms.double() * cdf[:, -1])[:, None]  # (B, 1)
-    position = torch.searchsorted(cdf, target, right=True)[:, 0]
-    return position.clamp(max=probs.shape[-1] - 1)
+    Two levels, in float64 so that the tail of a 49k vocabulary keeps its resolution: the block of
+    ``block`` candidates holding u * total (cumulative sum over block masses), then the candidate
+    inside it. One pass over the probabilities instead of a cumulative sum over all of them. Tokens
+    of zero probability are never chosen (their cdf step is empty; rounding at a block's end falls
+    back to the block's last candidate of positive probability)."""
+    rows, size = probs.shape
+    pad = (-size) % block
+    blocks = torch.nn.functional.pad(probs, (0, pad)).view(rows, -1, block)  # (B, N, block)
+    mass = blocks.sum(-1, dtype=torch.float64)  # (B, N)
+    cdf = mass.cumsum(-1)
+    target = uniforms.double() * cdf[:, -1]  # (B,)
+    last_block = (cdf < cdf[:, -1:]).sum(-1)  # the last block of positive mass
+    chosen = torch.minimum(torch.searchsorted(cdf, target[:, None], right=True)[:, 0], last_block)
+    rest = target - (cdf.gather(-1, chosen[:, None]) - mass.gather(-1, chosen[:, None]))[:, 0]
+    inner = blocks[torch.arange(rows, device=probs.device), chosen].double().cumsum(-1)  # (B, block)
+    last = (inner < inner[:, -1:]).sum(-1)  # the block's last candidate of positive probability
+    position = torch.minimum(torch.searchsorted(inner, rest[:, None], right=True)[:, 0], last)
+    return chosen * block + position
