@@ -159,3 +159,16 @@ def test_on_token_streams_each_sequence_up_to_its_stop_token(tiny_model, tiny_to
                        on_token=lambda i, k, token: streamed.setdefault((i, k), []).append(token))
     assert results[0][1].finish_reason == "eos"
     assert streamed == {(i, k): g.token_ids for i, per in enumerate(results) for k, g in enumerate(per)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prompt_keys_make_samples_independent_of_how_prompts_are_split_into_calls(tiny_model, tiny_tokenizer, backend):
+    """RL cuts a round's prompts into calls per process: with the prompt's key in place of its index,
+    prompt 2 sampled alone draws what it draws among all three."""
+    prompts = _ids(tiny_tokenizer)
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=8, backend=backend)
+    together = generate(tiny_model, tiny_tokenizer, prompts, cfg, num_candidates=2, seed=5, prompt_keys=[10, 11, 12])
+    alone = generate(tiny_model, tiny_tokenizer, prompts[2:], cfg, num_candidates=2, seed=5, prompt_keys=[12])
+    by_index = generate(tiny_model, tiny_tokenizer, prompts[2:], cfg, num_candidates=2, seed=5)
+    assert _tokens(alone) == _tokens(together)[2:]
+    assert _tokens(by_index) != _tokens(alone), "without keys the lone prompt is prompt 0"

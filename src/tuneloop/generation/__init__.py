@@ -33,13 +33,15 @@ def current_rank() -> int:
 def generate(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, num_candidates: int = 1,
              seed: int = 0, rank: int | None = None,
              on_token: Callable[[int, int, int], None] | None = None,
-             log: Callable[[str], None] = print) -> list[list[Generation]]:
+             log: Callable[[str], None] = print, prompt_keys: list[int] | None = None) -> list[list[Generation]]:
     """Sample ``num_candidates`` answers for every tokenised prompt; result[i][k] is prompt i's k-th.
 
     ``rank`` defaults to the torch.distributed rank, so that every process draws its own samples.
     ``on_token(prompt_index, candidate_index, token_id)`` is called for every token as it is drawn, the
     stop token included (chat streams with it; the vllm backend calls it once the answers are complete).
-    ``log`` receives the engine's KV-cache plan.
+    ``log`` receives the engine's KV-cache plan. ``prompt_keys`` replace the prompt indices in the
+    generators' keys (seed, rank, key, candidate): a caller that cuts its prompts into calls differently
+    on different processes (RL) still draws the same samples for a prompt by giving it the same key.
     """
     from tuneloop.generation.engine import generate_engine
     from tuneloop.generation.hf import generate_hf
@@ -49,10 +51,14 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, nu
     if not prompts:
         return []
     rank = current_rank() if rank is None else rank
+    keys = list(range(len(prompts))) if prompt_keys is None else [int(key) for key in prompt_keys]
+    assert len(keys) == len(prompts), f"{len(prompt_keys)} prompt_keys for {len(prompts)} prompts"
     if cfg.backend == Backend.TUNELOOP:
-        return generate_engine(model, tokenizer, prompts, cfg, num_candidates, seed, rank, on_token=on_token, log=log)
+        return generate_engine(model, tokenizer, prompts, cfg, num_candidates, seed, rank, on_token=on_token, log=log,
+                               prompt_keys=keys)
     backends = {Backend.HF: generate_hf, Backend.VLLM: generate_vllm}
-    return backends[cfg.backend](model, tokenizer, prompts, cfg, num_candidates, seed, rank, on_token=on_token)
+    return backends[cfg.backend](model, tokenizer, prompts, cfg, num_candidates, seed, rank, on_token=on_token,
+                                 prompt_keys=keys)
 
 
 __all__ = ["Backend", "Generation", "SamplingConfig", "current_rank", "generate", "stop_token_ids"]

@@ -65,14 +65,17 @@ def pick_forward(model):
 @torch.no_grad()
 def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, num_candidates: int,
                     seed: int, rank: int, forward=None, stats: EngineStats | None = None, log=print,
-                    stop_ids: list[int] | None = None, on_token=None) -> list[list[Generation]]:
+                    stop_ids: list[int] | None = None, on_token=None,
+                    prompt_keys: list[int] | None = None) -> list[list[Generation]]:
     """result[i][k]: prompt i's k-th candidate (see the module docstring for the steps).
 
     ``forward`` overrides the model path (``pick_forward``), ``stats`` collects timings, ``stop_ids``
     replaces the model's stop tokens (benchmarks pass [] to force max_new_tokens on every sequence),
-    ``on_token(prompt, candidate, token)`` sees every token as it is drawn.
+    ``on_token(prompt, candidate, token)`` sees every token as it is drawn, ``prompt_keys`` replace the
+    prompt indices in the generators' keys.
     """
     stats = stats if stats is not None else EngineStats()
+    keys = list(range(len(prompts))) if prompt_keys is None else prompt_keys
     stops = stop_token_ids(model, tokenizer) if stop_ids is None else stop_ids
     stop_set = set(stops)
     was_training = model.training
@@ -125,7 +128,7 @@ def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingCon
                 first = len(rows)
                 for i, k in admitted:
                     cache.write_prompt(len(rows), prefixes[i][1])
-                    rows.append(_Row(i, k, sequence_generator(seed, rank, i, k), length=len(prompts[i])))
+                    rows.append(_Row(i, k, sequence_generator(seed, rank, keys[i], k), length=len(prompts[i])))
                 _sample_into(rows[first:], torch.stack([prefixes[row.prompt][0] for row in rows[first:]]), cfg,
                              on_token)
                 pending = {i for i, _ in waiting}

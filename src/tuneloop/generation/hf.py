@@ -40,11 +40,12 @@ class _SeededSampler:
 
 @torch.no_grad()
 def generate_hf(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, num_candidates: int, seed: int,
-                rank: int, on_token=None) -> list[list[Generation]]:
+                rank: int, on_token=None, prompt_keys: list[int] | None = None) -> list[list[Generation]]:
     """result[i][k]: prompt i's k-th candidate, decoded by transformers in fixed chunks."""
     from transformers import LogitsProcessorList
 
     stops = stop_token_ids(model, tokenizer)
+    keys = list(range(len(prompts))) if prompt_keys is None else prompt_keys
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     jobs = [(i, k) for i in range(len(prompts)) for k in range(num_candidates)]
     jobs.sort(key=lambda job: (-len(prompts[job[0]]), job))  # similar lengths together: less padding
@@ -61,7 +62,7 @@ def generate_hf(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
             for row, (i, _) in enumerate(chunk):
                 input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 attention[row, width - len(prompts[i]):] = 1
-            sampler = _SeededSampler(cfg, [sequence_generator(seed, rank, i, k) for i, k in chunk], chunk, stops,
+            sampler = _SeededSampler(cfg, [sequence_generator(seed, rank, keys[i], k) for i, k in chunk], chunk, stops,
                                      on_token)
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,

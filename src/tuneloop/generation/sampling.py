@@ -10,9 +10,10 @@ log softmax(logits / T)[token] (T = 1 when greedy): the quantity a trainer recom
 forcing. Top-k / top-p decide which tokens can be drawn, not their log-probability.
 
 Randomness: every sequence (prompt i, candidate k) has its own ``torch.Generator`` seeded from
-(seed, rank, i, k) (``sequence_seed``), created per call. A sequence's draws therefore do not depend on
-which other sequences share its batch, on the slot it occupies, on the backend, or on the process's
-global RNG, which is neither read nor reseeded (issue 9, item 4); two ranks draw different samples.
+(seed, rank, i, k) (``sequence_seed``; i is the prompt index, or the caller's key for the prompt),
+created per call. A sequence's draws therefore do not depend on which other sequences share its
+batch, on the slot it occupies, on the backend, or on the process's global RNG, which is neither read
+nor reseeded (issue 9, item 4); two ranks draw different samples.
 """
 
 from __future__ import annotations

@@ -78,15 +78,17 @@ def trainer_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def generate_vllm(engine: VLLMEngine, tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
-                  num_candidates: int, seed: int, rank: int, on_token=None) -> list[list[Generation]]:
+                  num_candidates: int, seed: int, rank: int, on_token=None,
+                  prompt_keys: list[int] | None = None) -> list[list[Generation]]:
     """result[i][k]: prompt i's k-th candidate, sampled by vLLM (one request of n=K per prompt)."""
     if not isinstance(engine, VLLMEngine):
         raise TypeError(f"sampling.backend='vllm' takes a VLLMEngine as model, got {type(engine).__name__}; "
                         "create one with VLLMEngine.load(model_folder)")
     stops = sorted({tokenizer.eos_token_id} - {None})
+    keys = list(range(len(prompts))) if prompt_keys is None else prompt_keys
     params = [engine.sampling_params_class(
         n=num_candidates, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or -1,
-        max_tokens=cfg.max_new_tokens, seed=sequence_seed(seed, rank, i, 0), logprobs=0, stop_token_ids=stops,
+        max_tokens=cfg.max_new_tokens, seed=sequence_seed(seed, rank, keys[i], 0), logprobs=0, stop_token_ids=stops,
         detokenize=False) for i in range(len(prompts))]
     outputs = engine.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
     results = []
