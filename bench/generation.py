@@ -65,6 +65,7 @@ def matmul_flops_per_token(model) -> int:
 def transformers_generate(model, tokenizer, prompts, num_candidates: int, max_new_tokens: int, batch_size: int,
                           forced: bool, seed: int = 0) -> int:
     """The pre-engine code path: fixed chunks, transformers' own sampling; returns generated tokens."""
+    from tuneloop.data.padding import pad_rows, padding_mask
     from tuneloop.generation import stop_token_ids
 
     stops = stop_token_ids(model, tokenizer)
@@ -74,12 +75,9 @@ def transformers_generate(model, tokenizer, prompts, num_candidates: int, max_ne
     generated = 0
     for chunk_index, start in enumerate(range(0, len(jobs), batch_size)):
         chunk = jobs[start:start + batch_size]
-        width = max(len(prompts[i]) for i, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (i, _) in enumerate(chunk):
-            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]):] = 1
+        ids = pad_rows([prompts[i] for i, _ in chunk], pad, "left")
+        mask = padding_mask([len(prompts[i]) for i, _ in chunk], "left")
+        width = ids.shape[1]
         torch.manual_seed(seed * 1_000_003 + chunk_index)
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                              max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if forced else None,

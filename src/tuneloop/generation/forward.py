@@ -21,7 +21,9 @@ import inspect
 import torch
 from transformers.cache_utils import Cache
 
+from tuneloop.data.padding import pad_rows, padding_mask
 from tuneloop.generation.kv import SlotKVCache
+from tuneloop.models.logprobs import positions_from_mask
 
 
 class _PrefillCache(Cache):
@@ -78,13 +80,10 @@ class GenericForward:
 
     def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
         """Logits (n, V) after each prompt's last token and its keys/values, (H, P_i, D) per layer."""
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        valid = torch.zeros((len(prompts), width), dtype=torch.bool)
-        for row, prompt in enumerate(prompts):  # left padding: every prompt ends at the last column
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            valid[row, width - len(prompt):] = True
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        ids = pad_rows(prompts, 0, "left")  # left padding: every prompt ends at the last column
+        valid = padding_mask([len(p) for p in prompts], "left").bool()  # (n, P)
+        width = ids.shape[1]
+        positions = positions_from_mask(valid)
         causal = torch.ones((width, width), dtype=torch.bool).tril()
         # (n, 1, P, P): causal among a prompt's own tokens; a padding query sees itself (no empty softmax row).
         mask = (causal & valid[:, None, :]) | torch.eye(width, dtype=torch.bool)

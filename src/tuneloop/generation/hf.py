@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from tuneloop.data.padding import pad_rows, padding_mask
 from tuneloop.generation.config import Generation, SamplingConfig, finish_generation, stop_token_ids
 from tuneloop.generation.sampling import draw_uniforms, sample_next, sequence_generator
 
@@ -56,12 +57,9 @@ def generate_hf(model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
     try:
         for start in range(0, len(jobs), cfg.batch_size):
             chunk = jobs[start:start + cfg.batch_size]
-            width = max(len(prompts[i]) for i, _ in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (i, _) in enumerate(chunk):
-                input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                attention[row, width - len(prompts[i]):] = 1
+            input_ids = pad_rows([prompts[i] for i, _ in chunk], pad_id, "left")  # (B, P)
+            attention = padding_mask([len(prompts[i]) for i, _ in chunk], "left")
+            width = input_ids.shape[1]
             sampler = _SeededSampler(cfg, [sequence_generator(seed, rank, keys[i], k) for i, k in chunk], chunk, stops,
                                      on_token)
             out = model.generate(
