@@ -21,7 +21,9 @@ Two parts, each on the same model, prompts and settings for every backend, one a
    (2 × the parameters of the matmuls, the output head included; attention over the cache is not
    counted) × tokens/s ÷ the measured fp32 matmul peak (best of ``torch.mm`` 2048² in this process).
    ``flop_share`` counts the whole call (prefill included, which is not counted as work);
-   ``decode_flop_share`` the engine's decode steps alone (tokens they produced ÷ their time).
+   ``decode_flop_share`` the engine's decode steps alone (tokens they produced ÷ their time);
+   ``task_flop_share`` counts the prompts' tokens as work too (each prompt once, whatever K: the same
+   work for both backends, which transformers does K times) -- the model FLOPs utilisation of the task.
 
 The machine's load changes everything on a shared 2-core CPU: ``uptime`` is printed before and after,
 and numbers measured under load are labelled as such in docs/perf/README.md.
@@ -167,7 +169,9 @@ def main() -> None:
             chosen = prompts[:max(1, batch // candidates)]
             for backend in ("transformers", "tuneloop"):
                 row = run_backend(backend, model, tokenizer, chosen, candidates, args.max_new_tokens, batch, forced=True)
-                row.update(batch=batch, candidates=candidates, flop_share=round(row["tok_s"] / limit, 3))
+                task_tokens = row["tokens"] + sum(len(p) for p in chosen)
+                row.update(batch=batch, candidates=candidates, flop_share=round(row["tok_s"] / limit, 3),
+                           task_flop_share=round(task_tokens / row["seconds"] / limit, 3))
                 if "decode_tok_s" in row:  # decode steps alone (prefill excluded)
                     row["decode_flop_share"] = round(row["decode_tok_s"] / limit, 3)
                 report["throughput"].append(row)
