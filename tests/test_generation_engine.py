@@ -118,3 +118,19 @@ def test_a_lora_model_goes_through_the_generic_path(tiny_model, tiny_tokenizer):
     for g, f in zip([g for per in results for g in per], forced):
         torch.testing.assert_close(torch.tensor(g.logprobs), f, atol=1e-5, rtol=0)
     assert model.training, "generate() restores the caller's train/eval mode"
+
+
+def test_the_fast_path_follows_weight_updates(tiny_model, tiny_tokenizer):
+    """The fused weights are reused between calls, and rebuilt once a parameter changes in place (as an
+    optimizer step changes it): samples after the update are those of the updated model."""
+    from tuneloop.generation.engine import pick_forward
+
+    assert pick_forward(tiny_model) is pick_forward(tiny_model)
+    before = _run(tiny_model, tiny_tokenizer, 4)
+    with torch.no_grad():  # in place, as an optimizer step
+        down = tiny_model.model.layers[0].mlp.down_proj.weight
+        down.add_(torch.randn(down.shape, generator=torch.Generator().manual_seed(0)))
+    after = _run(tiny_model, tiny_tokenizer, 4)
+    generic = _run(tiny_model, tiny_tokenizer, 4, forward=GenericForward(tiny_model))
+    assert [[g.token_ids for g in per] for per in after] == [[g.token_ids for g in per] for per in generic]
+    assert [[g.token_ids for g in per] for per in after] != [[g.token_ids for g in per] for per in before]

@@ -20,6 +20,7 @@ draws from a generator keyed on (seed, rank, prompt index, candidate index).
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -54,12 +55,25 @@ class EngineStats:
     prefilled_prompts: int = 0
 
 
+_FAST_PATHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weight versions, LlamaForward)
+
+
 def pick_forward(model):
-    """The fastest forward this model supports: the Llama fast path, else the generic transformers path."""
+    """The fastest forward this model supports: the Llama fast path, else the generic transformers path.
+
+    The fast path's fused weights are copies; they are kept for the next call while no parameter has
+    changed (every in-place update, e.g. an optimizer step, bumps a tensor's version counter)."""
     from tuneloop.generation.forward import GenericForward
     from tuneloop.models.llama_decode import LlamaForward, supports_llama_fast_path
 
-    return LlamaForward(model) if supports_llama_fast_path(model) else GenericForward(model)
+    if not supports_llama_fast_path(model):
+        return GenericForward(model)
+    versions = tuple((id(p), p._version) for p in model.parameters())
+    cached = _FAST_PATHS.get(model)
+    if cached is None or cached[0] != versions:
+        cached = (versions, LlamaForward(model))
+        _FAST_PATHS[model] = cached
+    return cached[1]
 
 
 @torch.no_grad()
