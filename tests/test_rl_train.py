@@ -190,18 +190,16 @@ def test_killed_run_resumes_bit_identically(tmp_path):
 @pytest.mark.slow
 def test_programmatic_reward_rises_while_kl_stays_bounded(tmp_path):
     """GRPO on one prompt, reward = share of the letter 'e' in the response (rl_helpers.e_share), k3 KL
-    loss term with the adaptive coefficient (target 4 nats, fast horizon). Over 30 rounds the mean score
-    of the last 5 rounds is above that of the first 5 by more than 0.1 (the random tiny model starts near
-    0.08; measured 0.08 → 0.25), the response KL stays under 30 nats (measured max 23.8; with a fixed
-    β = 0.1 it reached 27.5) and the controller has raised β above its start once the KL passed the target."""
+    loss term with β = 0.3. Over 30 rounds the mean score of the last 5 rounds is above that of the first 5
+    by more than 0.1 (the random tiny model starts near 0.09; measured 0.099 → 0.282 with this seed, and
+    0.086 → 0.226 with seed 4) and the response KL stays under 20 nats (measured max 14.2; 9.2 with seed 4;
+    with β = 0.1 it passed 36)."""
     result = train(make_cfg("grpo", tmp_path, steps=30, rollout={
         "prompts": write_prompts(tmp_path / "one.jsonl", ["Tell me something."]), "prompts_per_step": 1,
         "samples_per_prompt": 8, "sampling": {"max_new_tokens": 8, "temperature": 1.0, "batch_size": 8}},
-        optim={"lr": 1e-2}, algo={"kl_coef": 0.1, "epochs": 2, "kl_target": 4.0, "kl_horizon": 16.0},
-        micro_batch_size=8))
+        optim={"lr": 1e-2}, algo={"kl_coef": 0.3, "epochs": 2}, micro_batch_size=8))
     rows = metrics_rows(result.run_dir)
     scores, kls = [r["objective/scores"] for r in rows], [r["objective/kl"] for r in rows]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     assert last > first + 0.1, f"score {first:.3f} → {last:.3f}"
-    assert max(kls) < 30.0, f"KL reached {max(kls):.2f}"
-    assert rows[-1]["kl_coef"] > 0.1, f"β ended at {rows[-1]['kl_coef']:.3f}"
+    assert max(kls) < 20.0, f"KL reached {max(kls):.2f}"

@@ -2,10 +2,10 @@
 sampler's, the policy's and the reference's log-probs, the critic's values and the reward's scores.
 
 Sampling goes through ``generation.generate`` (the one engine every stage uses), one call per prompt
-with a seed derived from (run seed, round, prompt position) and rank 0: a prompt's K responses do not
-depend on which process samples it, so 2 processes sample exactly what 1 does (tested). The price is
-no batching across prompts (the K samples of a prompt are batched and share its prefill); a
-``generate()`` that takes per-prompt keys would remove it.
+with the seed of (run seed, round), rank 0 and each prompt keyed on its position in the round
+(``prompt_keys``): a prompt's K responses do not depend on which process samples it or on what else
+is in the call, so 2 processes sample exactly what 1 does (tested), and a process's prompts are
+batched in one call (continuous batching, the K samples of a prompt sharing its prefill).
 Training log-probs come from ``models.logprobs.token_logprobs`` (the one teacher-forced function) with
 the logits divided by the sampling temperature (Huang et al.: otherwise the ratio is off from step 1).
 The reference is the same base with the LoRA adapter disabled, or a frozen copy of the initial policy.
@@ -27,7 +27,7 @@ from tuneloop.generation import Generation, SamplingConfig, generate
 from tuneloop.models.logprobs import positions_from_mask, token_logprobs
 from tuneloop.models.reference import frozen_copy, has_adapter, reference_model
 
-SEED_STRIDE = 1_000_003  # seed of prompt j in round s: seed·STRIDE² + s·STRIDE + j (distinct for j < STRIDE)
+SEED_STRIDE = 1_000_003  # the generation seed of round s: seed·STRIDE + s (distinct for s < STRIDE)
 
 
 @dataclass
@@ -66,13 +66,12 @@ def sample_rollout(model, tokenizer, prompts: PromptSet, positions: list[int], o
                    sampling: SamplingConfig, seed: int, round_index: int, log: Callable[[str], None] = _quiet
                    ) -> tuple[Rollout, list[Generation]]:
     """Sample K responses for each prompt in ``positions`` (``order[i]`` is its index within the round);
-    ``log`` receives the engine's KV-cache plan of the first call."""
-    gens: list[Generation] = []
-    for position, within in zip(positions, order):
-        # One call per prompt, keyed on its position in the round, rank 0: the same draws on any process.
-        call_seed = (seed * SEED_STRIDE + round_index) * SEED_STRIDE + within
-        gens += generate(model, tokenizer, [prompts.token_ids[position]], sampling, k, seed=call_seed, rank=0,
-                         log=log if within == order[0] else _quiet)[0]
+    ``log`` receives the engine's KV-cache plan."""
+    # One call for this process's prompts, each keyed on its position in the round, rank 0: a prompt draws
+    # the same samples whichever process holds it.
+    per_prompt = generate(model, tokenizer, [prompts.token_ids[p] for p in positions], sampling, k,
+                          seed=seed * SEED_STRIDE + round_index, rank=0, log=log, prompt_keys=list(order))
+    gens: list[Generation] = [g for candidates in per_prompt for g in candidates]
     pad_id = tokenizer.pad_token_id
     p = max(len(g.prompt_ids) for g in gens)
     a = max(len(g.token_ids) for g in gens)
