@@ -125,7 +125,7 @@ def test_the_fast_path_follows_weight_updates(tiny_model, tiny_tokenizer):
     optimizer step changes it): samples after the update are those of the updated model."""
     from tuneloop.generation.engine import pick_forward
 
-    assert pick_forward(tiny_model) is pick_forward(tiny_model)
+    assert pick_forward(tiny_model).layers is pick_forward(tiny_model).layers
     before = _run(tiny_model, tiny_tokenizer, 4)
     with torch.no_grad():  # in place, as an optimizer step
         down = tiny_model.model.layers[0].mlp.down_proj.weight
@@ -134,3 +134,18 @@ def test_the_fast_path_follows_weight_updates(tiny_model, tiny_tokenizer):
     generic = _run(tiny_model, tiny_tokenizer, 4, forward=GenericForward(tiny_model))
     assert [[g.token_ids for g in per] for per in after] == [[g.token_ids for g in per] for per in generic]
     assert [[g.token_ids for g in per] for per in after] != [[g.token_ids for g in per] for per in before]
+
+
+def test_a_model_with_a_fast_path_can_be_freed(tiny_tokenizer):
+    """The kept fused weights must not keep the model alive (the demo loads policy after policy)."""
+    import gc
+    import weakref
+
+    from tuneloop.models import ModelConfig, load_causal_lm
+
+    model, _ = load_causal_lm(ModelConfig(name="tiny-llama"), trainable=False)
+    _run(model, tiny_tokenizer, 4, max_new_tokens=2)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -55,7 +55,8 @@ class EngineStats:
     prefilled_prompts: int = 0
 
 
-_FAST_PATHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weight versions, LlamaForward)
+# model -> (weight versions, its fused weights); the weights do not refer to the model, so it can be freed
+_FUSED_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def pick_forward(model):
@@ -64,16 +65,16 @@ def pick_forward(model):
     The fast path's fused weights are copies; they are kept for the next call while no parameter has
     changed (every in-place update, e.g. an optimizer step, bumps a tensor's version counter)."""
     from tuneloop.generation.forward import GenericForward
-    from tuneloop.models.llama_decode import LlamaForward, supports_llama_fast_path
+    from tuneloop.models.llama_decode import LlamaForward, fused_layer_weights, supports_llama_fast_path
 
     if not supports_llama_fast_path(model):
         return GenericForward(model)
     versions = tuple((id(p), p._version) for p in model.parameters())
-    cached = _FAST_PATHS.get(model)
+    cached = _FUSED_WEIGHTS.get(model)
     if cached is None or cached[0] != versions:
-        cached = (versions, LlamaForward(model))
-        _FAST_PATHS[model] = cached
-    return cached[1]
+        cached = (versions, fused_layer_weights(model))
+        _FUSED_WEIGHTS[model] = cached
+    return LlamaForward(model, cached[1])
 
 
 @torch.no_grad()

@@ -43,10 +43,24 @@ def supports_llama_fast_path(model) -> bool:
             and getattr(config, "pretraining_tp", 1) == 1 and rope.get("rope_type", "default") == "default")
 
 
-class LlamaForward(GenericForward):
-    """Prefill through transformers (inherited), decode steps written against the weights."""
+def fused_layer_weights(model) -> list[tuple[torch.Tensor, ...]]:
+    """Per layer: (input norm, q|k|v (H*D + 2*H_kv*D, hidden), o, post-attention norm, gate|up
+    (2 * intermediate, hidden), down). The concatenations are copies; the rest are the parameters."""
+    layers = []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        layers.append((layer.input_layernorm.weight,
+                       torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                       attn.o_proj.weight, layer.post_attention_layernorm.weight,
+                       torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight))
+    return layers
 
-    def __init__(self, model):
+
+class LlamaForward(GenericForward):
+    """Prefill through transformers (inherited), decode steps written against the weights
+    (``layers``: ``fused_layer_weights(model)``, made here when not given)."""
+
+    def __init__(self, model, layers: list[tuple[torch.Tensor, ...]] | None = None):
         super().__init__(model)
         config = model.config
         self.heads = config.num_attention_heads
@@ -58,17 +72,7 @@ class LlamaForward(GenericForward):
         self.rotary = inner.rotary_emb
         self.final_norm = inner.norm.weight
         self.head = model.lm_head.weight
-        self.layers = []
-        for layer in inner.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append((
-                layer.input_layernorm.weight,
-                torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),  # (H*D + 2*H_kv*D, hidden)
-                attn.o_proj.weight,
-                layer.post_attention_layernorm.weight,
-                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),  # (2 * intermediate, hidden)
-                mlp.down_proj.weight,
-            ))
+        self.layers = fused_layer_weights(model) if layers is None else layers
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """transformers' LlamaRMSNorm: statistics in fp32, scaled back in the model's dtype."""
