@@ -2,7 +2,7 @@
 
 Run (from the repository root):
 
-    HF_HUB_OFFLINE=1 python bench/generation.py                    # SmolLM2-135M, fp32; ~5 min on 2 idle cores
+    HF_HUB_OFFLINE=1 python bench/generation.py           # SmolLM2-135M, fp32 (14 min at 1 thread, loaded machine)
     HF_HUB_OFFLINE=1 python bench/generation.py --model tiny-llama --batches 1,8 --skip-sample   # smoke run
     python bench/generation.py --json results.json
 
