@@ -141,3 +141,11 @@ def test_model_attention_kernel_is_a_literal():
     with pytest.raises(ConfigError, match="config key 'model.attn_implementation': expected one of 'sdpa_documents'"):
         load_config(WithModel, None, ["--model.attn_implementation", "sdpa-documents"])
     assert load_config(WithModel, None, ["--model.attn_implementation", "eager"]).model.attn_implementation == "eager"
+
+
+def test_reward_model_attention_kernel_is_the_same_literal():
+    from tuneloop.train.reward import RewardConfig
+
+    with pytest.raises(ConfigError, match="config key 'model.attn_implementation': expected one of 'sdpa_documents'"):
+        load_config(RewardConfig, None, ["--model.attn_implementation", "flash"])
+    assert load_config(RewardConfig).model.attn_implementation == "sdpa"

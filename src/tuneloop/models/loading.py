@@ -24,6 +24,9 @@ from tuneloop.models.bundled_encoder import BUNDLED_ENCODER, bundled_encoder_pat
 from tuneloop.models.tiny import TINY_PREFIX, tiny_model_path
 
 
+AttnImplementation = Literal["sdpa_documents", "sdpa", "eager", "flash_attention_2"]
+
+
 @dataclass
 class LoraConfig:
     enabled: bool = False
@@ -48,7 +51,7 @@ class ModelConfig:
     """LoRA adapters (peft)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (slower)."""
-    attn_implementation: Literal["sdpa_documents", "sdpa", "eager", "flash_attention_2"] = "sdpa_documents"
+    attn_implementation: AttnImplementation = "sdpa_documents"
     """Attention kernel: 'sdpa_documents' (SDPA per document on padding-free rows, else plain SDPA), 'sdpa', 'eager', 'flash_attention_2'."""
 
 

@@ -41,7 +41,7 @@ from tuneloop.losses.preference import (
 )
 from tuneloop.metrics.preference import pair_accuracy
 from tuneloop.models.bundled_encoder import BUNDLED_ENCODER
-from tuneloop.models.loading import ModelConfig, load_tokenizer, resolve_model_name
+from tuneloop.models.loading import AttnImplementation, ModelConfig, load_tokenizer, resolve_model_name
 from tuneloop.models.modes import eval_mode
 from tuneloop.models.reward import (
     TEMPLATES,
@@ -116,8 +116,8 @@ class RewardModelConfig(ModelConfig):
     """Reward-model kind; 'auto' picks 'encoder' for BERT-like backbones, else 'causal_lm' (scalar head on the last token)."""
     trainable_layers: int | None = None
     """Train only the top N transformer blocks and the head (null: all); the backward pass stops at the lowest trained block."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers ('sdpa', 'eager', 'flash_attention_2')."""
+    attn_implementation: AttnImplementation = "sdpa"
+    """Attention kernel passed to transformers ('sdpa', 'sdpa_documents', 'eager', 'flash_attention_2')."""
 
 
 @dataclass
