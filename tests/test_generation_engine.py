@@ -100,9 +100,10 @@ def test_llama_fast_path_equals_the_generic_path(name, tiny_tokenizer):
             torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
 
 
-def test_a_lora_model_goes_through_the_generic_path(tiny_model, tiny_tokenizer):
-    """RL samples from the policy under training: a peft-wrapped model decodes through transformers'
-    forward (LoRA applied), and its log-probs still equal teacher forcing."""
+def test_a_lora_model_samples_with_its_adapter(tiny_model, tiny_tokenizer):
+    """RL samples from the policy under training: a peft-wrapped model is not a plain Llama (it decodes
+    with the adapters merged into the fast path's weights, tests/test_generation_lora_fast_path.py), and
+    its log-probs still equal teacher forcing."""
     from tuneloop.models.loading import LoraConfig, apply_lora
 
     model = apply_lora(tiny_model, LoraConfig(enabled=True, r=4, alpha=8))

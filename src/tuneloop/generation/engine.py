@@ -60,14 +60,20 @@ _FUSED_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def pick_forward(model):
-    """The fastest forward this model supports: the Llama fast path, else the generic transformers path.
+    """The fastest forward this model supports: the Llama fast path (also for a LoRA-wrapped Llama, the
+    RL policy: decoded with the adapters merged into the fused weights), else the generic transformers path.
 
     The fast path's fused weights are copies; they are kept for the next call while no parameter has
     changed (every in-place update, e.g. an optimizer step, bumps a tensor's version counter)."""
     from tuneloop.generation.forward import GenericForward
-    from tuneloop.models.llama_decode import LlamaForward, fused_layer_weights, supports_llama_fast_path
+    from tuneloop.models.llama_decode import (
+        LlamaForward,
+        fused_layer_weights,
+        supports_llama_fast_path,
+        supports_lora_fast_path,
+    )
 
-    if not supports_llama_fast_path(model):
+    if not (supports_llama_fast_path(model) or supports_lora_fast_path(model)):
         return GenericForward(model)
     versions = tuple((id(p), p._version) for p in model.parameters())
     cached = _FUSED_WEIGHTS.get(model)

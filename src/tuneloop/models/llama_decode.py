@@ -43,25 +43,62 @@ def supports_llama_fast_path(model) -> bool:
             and getattr(config, "pretraining_tp", 1) == 1 and rope.get("rope_type", "default") == "default")
 
 
+def supports_lora_fast_path(model) -> bool:
+    """A peft LoRA model (adapters unmerged and enabled, no DoRA, embeddings and head not adapted) around a Llama
+    that ``supports_llama_fast_path``: decoded with each adapted weight merged on the fly, W + s·B·A."""
+    from peft.tuners.lora import LoraLayer
+
+    if not hasattr(model, "get_base_model") or not hasattr(model, "peft_config"):
+        return False
+    base = model.get_base_model()
+    if not supports_llama_fast_path(base):
+        return False
+    adapted = [m for m in base.modules() if isinstance(m, LoraLayer)]
+    inside_layers = {id(m) for layer in base.model.layers for m in layer.modules()}
+    return all(id(m) in inside_layers and isinstance(m.base_layer, torch.nn.Linear)
+               and not any(m.use_dora.values()) and not m.merged and not m.disable_adapters for m in adapted)
+
+
+def _effective_weight(linear: torch.nn.Module) -> torch.Tensor:
+    """A linear layer's weight as its forward applies it: the parameter, or for a peft LoRA layer its
+    base weight plus the active adapters' deltas (a new tensor)."""
+    if not hasattr(linear, "base_layer"):
+        return linear.weight
+    weight = linear.base_layer.weight
+    if linear.disable_adapters:
+        return weight
+    for name in linear.active_adapters:
+        if name in linear.lora_A:
+            weight = weight + linear.get_delta_weight(name)
+    return weight
+
+
 def fused_layer_weights(model) -> list[tuple[torch.Tensor, ...]]:
     """Per layer: (input norm, q|k|v (H*D + 2*H_kv*D, hidden), o, post-attention norm, gate|up
-    (2 * intermediate, hidden), down). The concatenations are copies; the rest are the parameters."""
+    (2 * intermediate, hidden), down). The concatenations are copies; the rest are the parameters,
+    or for a LoRA model (``supports_lora_fast_path``) the merged weights W + s·B·A (copies)."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    w = _effective_weight
     layers = []
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         layers.append((layer.input_layernorm.weight,
-                       torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                       attn.o_proj.weight, layer.post_attention_layernorm.weight,
-                       torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight))
+                       torch.cat([w(attn.q_proj), w(attn.k_proj), w(attn.v_proj)]),
+                       w(attn.o_proj), layer.post_attention_layernorm.weight,
+                       torch.cat([w(mlp.gate_proj), w(mlp.up_proj)]), w(mlp.down_proj)))
     return layers
 
 
 class LlamaForward(GenericForward):
     """Prefill through transformers (inherited), decode steps written against the weights
-    (``layers``: ``fused_layer_weights(model)``, made here when not given)."""
+    (``layers``: ``fused_layer_weights(model)``, made here when not given). A peft LoRA model
+    (``supports_lora_fast_path``) prefills through its own forward (adapters applied) and decodes with
+    the merged weights."""
 
     def __init__(self, model, layers: list[tuple[torch.Tensor, ...]] | None = None):
         super().__init__(model)
+        layers = fused_layer_weights(model) if layers is None else layers
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -72,7 +109,7 @@ class LlamaForward(GenericForward):
         self.rotary = inner.rotary_emb
         self.final_norm = inner.norm.weight
         self.head = model.lm_head.weight
-        self.layers = fused_layer_weights(model) if layers is None else layers
+        self.layers = layers
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """transformers' LlamaRMSNorm: statistics in fp32, scaled back in the model's dtype."""
