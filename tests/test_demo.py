@@ -4,6 +4,7 @@ one clean line per stage, writes the report; a second run reuses every stage."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tuneloop.cli import main
 
@@ -26,7 +27,11 @@ def test_quick_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert len(candidates) == 12 and all(len(c["completions"]) == 4 for c in candidates)
     assert (root / "label/pairs.jsonl").stat().st_size > 0
     reward = json.loads((root / "reward/stage.json").read_text())["summary"]
-    assert 0.0 <= reward["eval"]["accuracy"] <= 1.0
+    held_out = reward["eval"]  # accuracy is k of the held-out strict pairs, and the gate reads the same numbers
+    correct = held_out["accuracy"] * held_out["pairs"]
+    assert held_out["pairs"] >= 1 and abs(correct - round(correct)) < 1e-6, held_out
+    info = json.loads((Path(reward["model_dir"]) / "tuneloop_reward.json").read_text())
+    assert (info["eval_accuracy"], info["eval_pairs"]) == (held_out["accuracy"], held_out["pairs"])
     result = json.loads((root / "eval/eval.json").read_text())
     assert set(result["policies"]) == {"sft", "dpo"} and result["prompts"] == 12
     assert result["best_of_n"]["sft"]["points"][-1]["n"] == 4
