@@ -20,7 +20,6 @@ draws from a generator keyed on (seed, rank, prompt index, candidate index).
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -55,16 +54,15 @@ class EngineStats:
     prefilled_prompts: int = 0
 
 
-# model -> (weight versions, its fused weights); the weights do not refer to the model, so it can be freed
-_FUSED_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def pick_forward(model):
     """The fastest forward this model supports: the Llama fast path (also for a LoRA-wrapped Llama, the
     RL policy: decoded with the adapters merged into the fused weights), else the generic transformers path.
 
-    The fast path's fused weights are copies; they are kept for the next call while no parameter has
-    changed (every in-place update, e.g. an optimizer step, bumps a tensor's version counter)."""
+    The fast path's fused weights are copies made here, on every call: they are never reused across
+    calls, because no cheap signal says reliably that the parameters changed (torch's fused AdamW, the
+    optimizer every stage uses, updates parameters without bumping their version counters, so a cache
+    keyed on versions sampled an RL round from the previous round's weights). Fusing costs well under
+    a second for SmolLM2-135M, once per ``generate()`` call."""
     from tuneloop.generation.forward import GenericForward
     from tuneloop.models.llama_decode import (
         LlamaForward,
@@ -75,12 +73,7 @@ def pick_forward(model):
 
     if not (supports_llama_fast_path(model) or supports_lora_fast_path(model)):
         return GenericForward(model)
-    versions = tuple((id(p), p._version) for p in model.parameters())
-    cached = _FUSED_WEIGHTS.get(model)
-    if cached is None or cached[0] != versions:
-        cached = (versions, fused_layer_weights(model))
-        _FUSED_WEIGHTS[model] = cached
-    return LlamaForward(model, cached[1])
+    return LlamaForward(model, fused_layer_weights(model))
 
 
 @torch.no_grad()
