@@ -64,11 +64,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def jsonl_text(rows: Iterable[Any], sort_keys: bool = False) -> str:
+    """``rows`` as JSON Lines text: one object per line, non-ASCII kept, every line ending in a newline."""
+    return "".join(json.dumps(row, ensure_ascii=False, sort_keys=sort_keys) + "\n" for row in rows)
+
+
 def atomic_write_jsonl(path: str | Path, rows: Iterable[Any], sort_keys: bool = False) -> int:
     """Write ``rows`` as JSON Lines (UTF-8, non-ASCII kept) atomically; returns how many were written."""
-    lines = [json.dumps(row, ensure_ascii=False, sort_keys=sort_keys) + "\n" for row in rows]
-    atomic_write_text(path, "".join(lines))
-    return len(lines)
+    rows = list(rows)
+    atomic_write_text(path, jsonl_text(rows, sort_keys))
+    return len(rows)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from tuneloop.atomic import atomic_write_text
+from tuneloop.atomic import atomic_write_jsonl
 from tuneloop.data import load_records
 from tuneloop.data.chat import render_prompt
 from tuneloop.data.formats import prompt_messages
@@ -60,7 +60,7 @@ def sample_candidates(model_name: str, prompts_path: str, out_path: str | Path, 
                     "completions": [g.text for g in gens], "completion_tokens": [len(g.token_ids) for g in gens],
                     "finish_reasons": [g.finish_reason for g in gens], "prompt_tokens": len(ids),
                     "provenance": provenance})
-    atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    atomic_write_jsonl(out_path, out)
     tokens = sum(sum(r["completion_tokens"]) for r in out)
     truncated = sum(r["finish_reasons"].count("length") for r in out)
     print(f"[tuneloop] sample: {len(out)} prompts × {num_candidates} candidates, {tokens} tokens in "

@@ -37,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tuneloop.atomic import atomic_dir, atomic_write_text
+from tuneloop.atomic import atomic_dir, atomic_write_text, jsonl_text
 from tuneloop.feedback import schema as S
 from tuneloop.feedback.aggregate import (
     bradley_terry,
@@ -231,7 +231,7 @@ def judgment_records(store: Store) -> list[dict]:
 
 
 def _jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    return jsonl_text(records, sort_keys=True)
 
 
 def export_text(store: Store, what: str, aggregate: str = "majority") -> tuple[str, str]:

@@ -19,7 +19,6 @@ beyond choosing them. Papers, defaults and deviations of each preset: docs/rl.md
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from tuneloop.atomic import jsonl_text
 from tuneloop.batches import Rollout
 from tuneloop.checkpoint import NamedState
 from tuneloop.config import ConfigError
@@ -252,7 +252,7 @@ def _write_samples(run: RunDir, round_done: int, s: _Session, rollout: Rollout, 
                      "raw_score": float(rollout.raw_scores[b]), "kl": float(log_ratio.sum()),
                      "tokens": int(rollout.response_mask[b].sum()), "ended": bool(rollout.ended[b])})
     with open(run.path / SAMPLES_FILE, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.write(jsonl_text(rows))
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
