@@ -158,3 +158,27 @@ def test_shipped_pipelines_and_example_configs_load():
     for name, cls in (("sft-reviews", SFTConfig), ("reward-demo", RewardConfig), ("dpo-demo", DPOConfig),
                       ("eval-demo", EvalConfig)):
         load_config(cls, examples / f"{name}.yaml")
+
+
+def test_an_rl_stage_runs_in_a_pipeline_and_is_cached(tmp_path):
+    """A ``ppo`` stage (tiny model, a programmatic reward) trains, hands its model to a later stage, prints
+    its progress line, and is not run again when nothing changed."""
+    from rl_helpers import spec
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Say hello.", "What is a robot?"]))
+    ppo = {"model": {"name": "tiny-llama"}, "reward": spec("e_share"), "steps": 2, "micro_batch_size": 2,
+           "rollout": {"prompts": str(prompts), "prompts_per_step": 2, "samples_per_prompt": 2,
+                       "sampling": {"max_new_tokens": 4, "batch_size": 4}},
+           "run": {"seed": 0}}
+    path = _pipeline(tmp_path, {"ppo": {"uses": "ppo", "with": ppo},
+                                "after": {"uses": "write", "with": {"text": "${ppo.model}"}}})
+    records, lines = _run(path)
+    model_dir = tmp_path / "out/ppo/run/model"
+    assert (model_dir / "config.json").is_file()
+    assert (tmp_path / "out/after/out.txt").read_text() == str(model_dir)
+    line = next(line for line in lines if "ppo" in line)
+    assert "2 rounds, score" in line and "KL" in line, line
+    CALLS.clear()
+    _, lines = _run(path)
+    assert CALLS == [] and sum("cached" in line for line in lines) == 2, lines

@@ -3,8 +3,9 @@
 A kind declares its outputs (names another stage references as ``${stage.output}``) and runs as
 ``run(context, config) -> (outputs, summary)``. Training stages are ``ConfigStage``s: their ``with``
 mapping is the stage's typed config (the same keys as its YAML file and ``--help-config``), and the
-pipeline puts the run folder at ``<stage folder>/run``. A new training stage (PPO, A2C, GRPO, …) plugs
-in as one more ``ConfigStage`` line in ``STAGE_KINDS`` with a headline for its progress line.
+pipeline puts the run folder at ``<stage folder>/run``. The RL presets (ppo, a2c, grpo, rloo) are
+such stages; a new training stage plugs in as one more line in ``STAGE_KINDS`` with a headline for
+its progress line.
 """
 
 from __future__ import annotations
@@ -164,6 +165,18 @@ def _dpo_line(s: dict) -> str:
     return f"{s.get('steps')} steps, held-out implicit-reward accuracy {_percent((s.get('eval') or {}).get('rewards/accuracy'))}"
 
 
+def _rl_line(s: dict) -> str:
+    final = s.get("final") or {}
+    return (f"{s.get('steps')} rounds, score {_number(final.get('objective/scores'))}, "
+            f"KL {_number(final.get('objective/kl'), 2)}, length {_number(final.get('completions/mean_length'), 1)}")
+
+
+def _rl_kind(preset: str, description: str) -> StageKind:
+    config_cls = {"ppo": "PPOConfig", "a2c": "A2CConfig", "grpo": "GRPOConfig", "rloo": "RLOOConfig"}[preset]
+    return StageKind(description, ("model", "run"),
+                     config_stage(f"tuneloop.train.rl_config.{config_cls}", "tuneloop.train.rl.train"), _rl_line)
+
+
 def _label_line(s: dict) -> str:
     return (f"{s.get('judgments')} judgments by {len(s.get('annotators') or [])} simulated raters, agreement "
             f"{_percent(s.get('measured_agreement'))}, {s.get('pairs')} pairs")
@@ -190,6 +203,10 @@ STAGE_KINDS: dict[str, StageKind] = {
                         config_stage("tuneloop.train.reward.RewardConfig", "tuneloop.train.reward.train"), _reward_line),
     "dpo": StageKind("direct preference optimisation", ("model", "run"),
                      config_stage("tuneloop.train.dpo_config.DPOConfig", "tuneloop.train.dpo.train"), _dpo_line),
+    "ppo": _rl_kind("ppo", "RL against the reward: PPO with a critic"),
+    "a2c": _rl_kind("a2c", "RL against the reward: A2C (one pass, GAE baseline)"),
+    "grpo": _rl_kind("grpo", "RL against the reward: GRPO (group-normalised advantages)"),
+    "rloo": _rl_kind("rloo", "RL against the reward: RLOO (leave-one-out baseline)"),
     "eval": StageKind("policies on held-out prompts", ("json",), evaluate_stage, _eval_line),
     "report": StageKind("the HTML report", ("html",), report_stage, lambda s: s.get("html", ""), reads_all_stages=True),
 }
