@@ -323,20 +323,26 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml_mapping(path: str | Path, kind: str, expected: str, error: type[Exception]) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (empty file: {}); ``error`` names the file and what is wrong
+    (``kind`` file not found, not valid YAML, not ``expected`` at the top level). A UTF-8 BOM is fine."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{kind} file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise error(f"{path}: expected {expected} at the top level")
+    return loaded or {}
+
+
 def load_config(cls: type, yaml_path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Any:
     """Build ``cls`` from its defaults, then a YAML file, then command-line overrides (last wins)."""
     data: dict[str, Any] = {}
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
-        data = loaded or {}
+        data = read_yaml_mapping(yaml_path, "config", "a mapping of config sections", ConfigError)
     if overrides:
         data = _merge(data, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     return _build(cls, data)

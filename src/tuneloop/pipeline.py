@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from tuneloop.atomic import atomic_write_text
+from tuneloop.config import read_yaml_mapping
 
 RECORD = "stage.json"
 STATE = "pipeline.json"
@@ -109,14 +110,7 @@ def load_pipeline(path: str | Path, profile: str | None = None, overrides: dict 
     from tuneloop.commands.stages import STAGE_KINDS
 
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"pipeline file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise PipelineError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path}: expected a mapping with 'stages' at the top level")
+    data = read_yaml_mapping(path, "pipeline", "a mapping with 'stages'", PipelineError)
     unknown = sorted(set(data) - {"name", "out_dir", "vars", "profiles", "stages"})
     if unknown:
         raise PipelineError(f"{path}: unknown top-level key {unknown[0]!r}; known: name, out_dir, vars, profiles, "
