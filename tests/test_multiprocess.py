@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from datafiles import write_jsonl
-from test_sft_train import linear_adam_bound
+from adam_bounds import assert_two_processes_match_one
 from tuneloop.data.bundled import chatterbot_pairs
 
 
@@ -30,7 +30,7 @@ def _sft_args(train, out, name, micro):
 
 def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     """3 AdamW steps with ε = 1, so that the step is linear in the gradient and an fp32 bound holds
-    (``test_sft_train.linear_adam_bound``): 4 micro-batches on 1 process and 2 on each of 2 processes
+    (``adam_bounds.linear_adam_bound``): 4 micro-batches on 1 process and 2 on each of 2 processes
     sum the same 4 parts in another order (the all-reduce adds the two halves)."""
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in chatterbot_pairs()[:32]])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -43,15 +43,7 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
                           *linear], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "(4 × 2 × 1 processes)" in one.stdout and "(2 × 2 × 2 processes)" in two.stdout
-    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
-    from tuneloop.models.loading import resolve_model_name
-
-    initial = load_file(os.path.join(resolve_model_name("tiny-llama"), "model.safetensors"))
-    update, _, bound = linear_adam_bound(initial, a, steps=3, accumulated=4)
-    diff = max((a[n] - b[n]).abs().max().item() for n in a)
-    assert update > 1e-2
-    assert diff < bound, f"2 processes differ from 1 by {diff:.2e}, over the fp32 bound {bound:.2e} (updates {update:.2e})"
+    assert_two_processes_match_one(tmp_path / "one", tmp_path / "two", steps=3, accumulated=4)
     losses = [[float(line.split('"loss": ')[1].split(",")[0]) for line in (tmp_path / r / "metrics.jsonl").read_text()
                .splitlines() if '"split": "train"' in line] for r in ("one", "two")]
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-4, rtol=0)

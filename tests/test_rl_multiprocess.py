@@ -9,10 +9,9 @@ import os
 import subprocess
 import sys
 
+from adam_bounds import assert_two_processes_match_one
 from rl_helpers import spec
-from safetensors.torch import load_file
 from test_multiprocess import _free_port
-from test_sft_train import linear_adam_bound
 
 
 def _args(prompts, out, name):
@@ -25,7 +24,7 @@ def _args(prompts, out, name):
 
 def test_two_processes_equal_one_process_with_twice_the_accumulation(tmp_path):
     """A2C (policy + critic), one round of 4 prompts × K = 2: 4 micro-batches of 2 rows on 1 process,
-    2 on each of 2 processes. AdamW with ε = 1 (``test_sft_train.linear_adam_bound``): the policy's
+    2 on each of 2 processes. AdamW with ε = 1 (``adam_bounds.linear_adam_bound``): the policy's
     weights agree within the fp32 bound of summing 4 parts in another order; the sampled responses,
     scores and the logged losses agree."""
     prompts = tmp_path / "prompts.jsonl"
@@ -41,15 +40,7 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert "= 4 accumulation × 2 rows × 1 process(es)" in one.stdout
     assert "= 2 accumulation × 2 rows × 2 process(es)" in two.stdout
-    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
-    from tuneloop.models.loading import resolve_model_name
-
-    initial = load_file(os.path.join(resolve_model_name("tiny-llama"), "model.safetensors"))
-    update, _, bound = linear_adam_bound(initial, a, steps=1, accumulated=4)
-    diff = max((a[n] - b[n]).abs().max().item() for n in a)
-    assert update > 1e-2
-    assert diff < bound, f"2 processes differ from 1 by {diff:.2e}, over the fp32 bound {bound:.2e} (update {update:.2e})"
+    assert_two_processes_match_one(tmp_path / "one", tmp_path / "two", steps=1, accumulated=4)
     rows = [json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[0]) for r in ("one", "two")]
     for key in ("objective/scores", "completions/mean_length", "objective/entropy"):
         assert abs(rows[0][key] - rows[1][key]) < 1e-5, key
