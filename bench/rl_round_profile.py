@@ -5,6 +5,7 @@ Run (from the repository root):
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/rl_round_profile.py                # 3 rounds
     HF_HUB_OFFLINE=1 python bench/rl_round_profile.py --rounds 2 --cprofile prof.out       # + cProfile
     HF_HUB_OFFLINE=1 python bench/rl_round_profile.py --model tiny-llama --rounds 2        # smoke run
+    HF_HUB_OFFLINE=1 python bench/rl_round_profile.py --compare-generation 2   # sampling: generic vs engine
 
 The workload is docs/rl.md's "Measured" PPO case: 2 prompts × K = 1 per round, 24 new tokens at most,
 temperature 0.7, 4 epochs × 2 mini-batches of micro-batch 1 (the PPO defaults otherwise), critic
@@ -100,6 +101,29 @@ def config(model: str, rounds: int, out_dir: str, max_new_tokens: int):
                      micro_batch_size=1, steps=rounds, run=RunConfig(out_dir=out_dir, name="profile", seed=0))
 
 
+def compare_generation(model_name: str, max_new_tokens: int, repeats: int) -> None:
+    """One round's sampling (2 review prompts, K = 1) through the generic transformers path and through
+    the engine's pick (the fast path for a LoRA Llama), alternated in one process (same load)."""
+    from tuneloop.generation import SamplingConfig
+    from tuneloop.generation.engine import generate_engine
+    from tuneloop.generation.forward import GenericForward
+    from tuneloop.models import load_causal_lm
+    from tuneloop.models.loading import LoraConfig, ModelConfig
+    from tuneloop.train.rl_rollout import load_prompts
+
+    model, tokenizer = load_causal_lm(ModelConfig(name=model_name, lora=LoraConfig(enabled=True, r=8)))
+    prompts = load_prompts("bundled:review-prompts", tokenizer, 256).token_ids[:2]
+    cfg = SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens)
+    for repeat in range(repeats):
+        for name, forward in (("generic", GenericForward(model)), ("engine", None)):
+            started = time.perf_counter()
+            out = generate_engine(model, tokenizer, prompts, cfg, 1, seed=repeat, rank=0, log=lambda line: None,
+                                  forward=forward)
+            tokens = sum(len(g.token_ids) for per in out for g in per)
+            print(f"[profile] generation {name}: {time.perf_counter() - started:.2f} s for {tokens} tokens; "
+                  f"{uptime()}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -107,7 +131,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--cprofile", help="write a cProfile of the whole run here and print its top 25")
     parser.add_argument("--json", help="write the per-round phases here")
+    parser.add_argument("--compare-generation", type=int, default=0, metavar="N",
+                        help="only time one round's sampling N times, generic path vs the engine's pick")
     args = parser.parse_args()
+    if args.compare_generation:
+        compare_generation(args.model, args.max_new_tokens, args.compare_generation)
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     print(f"[profile] before: {uptime()}; torch threads {torch.get_num_threads()}", flush=True)
@@ -124,6 +153,8 @@ def main() -> None:
         marks["round"] = now
         for key in [k for k in TIMES if k not in ("setup",)]:
             TIMES[key].clear()
+        print(f"[profile] round {done} done: " + json.dumps({k: round(v, 2) for k, v in rounds_seen[-1].items()})
+              + f"; {uptime()}", flush=True)
 
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = config(args.model, args.rounds, out_dir, args.max_new_tokens)
