@@ -131,14 +131,7 @@ def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingCon
             enough = free >= max(1, cfg.batch_size // ADMIT_EVERY) or not rows
             admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))] if enough else []
             if admitted:
-                new_prompts = list(dict.fromkeys(i for i, _ in admitted if i not in prefixes))
-                if new_prompts:
-                    started = time.perf_counter()
-                    logits, kv = forward.prefill([prompts[i] for i in new_prompts])
-                    stats.prefill_seconds += time.perf_counter() - started
-                    stats.prefills += 1
-                    stats.prefilled_prompts += len(new_prompts)
-                    prefixes.update({i: (logits[j], kv[j]) for j, i in enumerate(new_prompts)})
+                _prefill_new_prompts(forward, prompts, [i for i, _ in admitted], prefixes, stats)
                 first = len(rows)
                 for i, k in admitted:
                     cache.write_prompt(len(rows), prefixes[i][1])
@@ -166,6 +159,20 @@ def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingCon
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def _prefill_new_prompts(forward, prompts: list[list[int]], admitted: list[int],
+                         prefixes: dict[int, tuple[torch.Tensor, list]], stats: EngineStats) -> None:
+    """One prefill pass over the admitted prompts not yet in ``prefixes``; adds their last logits and KV."""
+    new_prompts = list(dict.fromkeys(i for i in admitted if i not in prefixes))
+    if not new_prompts:
+        return
+    started = time.perf_counter()
+    logits, kv = forward.prefill([prompts[i] for i in new_prompts])
+    stats.prefill_seconds += time.perf_counter() - started
+    stats.prefills += 1
+    stats.prefilled_prompts += len(new_prompts)
+    prefixes.update({i: (logits[j], kv[j]) for j, i in enumerate(new_prompts)})
 
 
 def _sample_into(rows: list[_Row], logits: torch.Tensor, cfg: SamplingConfig, on_token=None) -> None:
