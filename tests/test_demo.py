@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tuneloop.cli import main
 
-STAGES = ("data", "sft", "sample", "label", "reward", "dpo", "eval", "report")
+STAGES = ("data", "sft", "sample", "label", "reward", "dpo", "ppo", "eval", "report")
 NOISE = ("Loading weights", "FutureWarning", "it/s]", "step/s]", "Traceback")
 
 
@@ -33,9 +33,12 @@ def test_quick_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     info = json.loads((Path(reward["model_dir"]) / "tuneloop_reward.json").read_text())
     assert (info["eval_accuracy"], info["eval_pairs"]) == (held_out["accuracy"], held_out["pairs"])
     result = json.loads((root / "eval/eval.json").read_text())
-    assert set(result["policies"]) == {"sft", "dpo"} and result["prompts"] == 12
+    assert set(result["policies"]) == {"sft", "dpo", "ppo"} and result["prompts"] == 12
     assert result["best_of_n"]["sft"]["points"][-1]["n"] == 4
     assert [p["label"] for p in result["overoptimization"]["dpo"]["points"]] == ["start", "step 2", "final"]
+    assert [p["label"] for p in result["overoptimization"]["ppo"]["points"]] == ["start", "step 2", "final"]
+    ppo = json.loads((root / "ppo/stage.json").read_text())["summary"]
+    assert ppo["steps"] == 4 and "objective/kl" in ppo["final"], ppo
     html = (root / "report/report.html").read_text()
     assert '<section id="frontier">' in html and "data:image/png;base64," in html
 

@@ -8,9 +8,11 @@ The stages are the shipped pipeline file ``tuneloop/demo.yaml`` (``tuneloop run`
   label   a simulated rater panel (VADER sentiment + noise, ~75% agreement between raters) judges them through
           the labelling app's store; the judgments are exported as preference pairs
   reward  a reward model (the bundled MiniLM) trained on those pairs, with its held-out accuracy
-  dpo     the RL-free path: DPO of the SFT policy on the same pairs (PPO joins as one more stage when it lands)
-  eval    SFT vs DPO on movies no stage has seen: gold score (VADER, which no policy trained on), reward-model
-          score, KL to the SFT policy, length, win rates, best-of-n and the over-optimisation curve
+  dpo     the RL-free path: DPO of the SFT policy on the same pairs
+  ppo     RL against the reward model: PPO (LoRA policy, the reference is the adapter switched off, a critic)
+  eval    SFT vs DPO vs PPO on movies no stage has seen: gold score (VADER, which no policy trained on),
+          reward-model score, KL to the SFT policy, length, win rates, best-of-n and the over-optimisation
+          curves of DPO's and PPO's checkpoints
   report  one self-contained HTML file
 
 Task: write a short review of a movie described by a plot snippet, judged by how positive it is (the
@@ -48,9 +50,9 @@ def run_demo(quick: bool, out_dir: str, fresh: bool = False, verbose: bool = Fal
     print(f"\ndone in {time.time() - started:.0f}s.  Report: {Path(report).resolve()}")
     print(f"Judge the candidates yourself instead of the simulated raters:\n"
           f"  tuneloop label serve --db {records['label'].outputs['db']}")
-    print(f"Talk to a policy:  tuneloop chat --model {records['dpo'].outputs['model']}")
+    print(f"Talk to a policy:  tuneloop chat --model {records['ppo'].outputs['model']}")
     print(f"Change a stage and rerun only what depends on it:  tuneloop run {DEMO_PIPELINE}"
-          f"{' --profile quick' if quick else ''} --out-dir {root} --set dpo_steps=60")
+          f"{' --profile quick' if quick else ''} --out-dir {root} --set ppo_rounds=24")
     return {name: r.as_dict() for name, r in records.items()}
 
 
