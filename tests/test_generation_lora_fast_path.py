@@ -1,4 +1,4 @@
-"""The engine's Llama fast path on a LoRA-wrapped Llama (the RL policy): prefill through the peft model,
+"""The engine's Llama fast path on a LoRA-wrapped Llama (the RL policy): prefill and
 decode steps with the adapters merged into the fused weights (W + s·B·A)."""
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Shapes: S slots (sampling.batch_size), B live rows (≤ S), V vocabulary, K cand
 
 1. Plan the KV cache for S sequences of up to (longest prompt + max_new_tokens - 1) positions, print the
    plan, refuse a batch that cannot fit (``kv.plan_kv_cache``), allocate it once.
-2. Admit prompts while slots are free: a prompt is prefilled once (its forward pass, keys and values and
-   last-position logits) and each of its K candidates copies that prefix into a slot of its own and
-   draws its first token from the shared logits. Prompts go longest first.
+2. Admit prompts while slots are free: the new prompts are prefilled together in one forward pass
+   (``forward.prefill``: keys and values straight into the slot of each prompt's first candidate,
+   logits at the last position); the prompt's other candidates copy that slot's positions and every
+   candidate draws its first token from the shared logits. Prompts go longest first.
 3. Decode step: every live row feeds its last token; the head runs on one position per row only;
    the next token is drawn with the row's own generator (``sampling.sample_next``).
 4. A row that produced a stop token or max_new_tokens tokens leaves at once; its slot takes the last
@@ -131,16 +132,11 @@ def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingCon
             enough = free >= max(1, cfg.batch_size // ADMIT_EVERY) or not rows
             admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))] if enough else []
             if admitted:
-                _prefill_new_prompts(forward, prompts, [i for i, _ in admitted], prefixes, stats)
                 first = len(rows)
-                for i, k in admitted:
-                    cache.write_prompt(len(rows), prefixes[i][1])
-                    rows.append(_Row(i, k, sequence_generator(seed, rank, keys[i], k), length=len(prompts[i])))
-                _sample_into(rows[first:], torch.stack([prefixes[row.prompt][0] for row in rows[first:]]), cfg,
-                             on_token)
-                pending = {i for i, _ in waiting}
-                for i in [i for i in prefixes if i not in pending]:
-                    del prefixes[i]
+                logits = _admit(forward, cache, prompts, admitted, first, prefixes, {i for i, _ in waiting}, stats)
+                rows += [_Row(i, k, sequence_generator(seed, rank, keys[i], k), length=len(prompts[i]))
+                         for i, k in admitted]
+                _sample_into(rows[first:], logits, cfg, on_token)
             retire([slot for slot, row in enumerate(rows) if row.tokens and done(row)])
             if not rows:
                 continue
@@ -161,18 +157,39 @@ def generate_engine(model, tokenizer, prompts: list[list[int]], cfg: SamplingCon
     return results  # type: ignore[return-value]
 
 
-def _prefill_new_prompts(forward, prompts: list[list[int]], admitted: list[int],
-                         prefixes: dict[int, tuple[torch.Tensor, list]], stats: EngineStats) -> None:
-    """One prefill pass over the admitted prompts not yet in ``prefixes``; adds their last logits and KV."""
-    new_prompts = list(dict.fromkeys(i for i in admitted if i not in prefixes))
-    if not new_prompts:
-        return
+def _admit(forward, cache: SlotKVCache, prompts: list[list[int]], admitted: list[tuple[int, int]], first: int,
+           prefixes: dict[int, tuple[torch.Tensor, list]], waiting: set[int], stats: EngineStats) -> torch.Tensor:
+    """Put the prompts of the ``admitted`` (prompt, candidate) pairs into slots first, first + 1, ...;
+    return each pair's logits (A, V) for its first token.
+
+    A prompt is prefilled once (all new prompts in one ``forward.prefill``) into the slot of its first
+    admitted candidate; its other candidates copy that slot's positions. A prompt whose candidates are
+    still ``waiting`` keeps a copy of its logits and keys/values in ``prefixes`` for a later admission."""
     started = time.perf_counter()
-    logits, kv = forward.prefill([prompts[i] for i in new_prompts])
+    slot_of: dict[int, int] = {}  # prompt -> the slot that receives its keys and values
+    for offset, (i, _) in enumerate(admitted):
+        slot_of.setdefault(i, first + offset)
+    new = [i for i in slot_of if i not in prefixes]
+    logits_of = {i: prefixes[i][0] for i in slot_of if i in prefixes}
+    for i in slot_of:
+        if i in prefixes:
+            cache.write_prompt(slot_of[i], prefixes[i][1])
+    if new:
+        logits = forward.prefill(cache, [slot_of[i] for i in new], [prompts[i] for i in new])
+        logits_of.update({i: logits[j] for j, i in enumerate(new)})
+        stats.prefills += 1
+        stats.prefilled_prompts += len(new)
+    copies = [(slot_of[i], first + offset) for offset, (i, _) in enumerate(admitted) if slot_of[i] != first + offset]
+    if copies:
+        cache.copy([s for s, _ in copies], [t for _, t in copies], max(len(prompts[i]) for i, _ in admitted))
+    for i in list(prefixes):
+        if i not in waiting:
+            del prefixes[i]
+    for i in slot_of:
+        if i in waiting and i not in prefixes:
+            prefixes[i] = (logits_of[i], cache.read_prompt(slot_of[i], len(prompts[i])))
     stats.prefill_seconds += time.perf_counter() - started
-    stats.prefills += 1
-    stats.prefilled_prompts += len(new_prompts)
-    prefixes.update({i: (logits[j], kv[j]) for j, i in enumerate(new_prompts)})
+    return torch.stack([logits_of[i] for i, _ in admitted])
 
 
 def _sample_into(rows: list[_Row], logits: torch.Tensor, cfg: SamplingConfig, on_token=None) -> None:

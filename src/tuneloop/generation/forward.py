@@ -78,7 +78,15 @@ class GenericForward:
         self.cache_argument = "cache" if "cache" in params else "past_key_values"
         self.device = next(model.parameters()).device
 
-    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    def prefill(self, slots: SlotKVCache, targets: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """Run ``prompts`` into slots ``targets`` (keys and values at positions 0..P_i-1); logits (n, V)
+        after each prompt's last token."""
+        logits, per_prompt = self.prefill_prompts(prompts)
+        for slot, kv in zip(targets, per_prompt):
+            slots.write_prompt(slot, kv)
+        return logits
+
+    def prefill_prompts(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
         """Logits (n, V) after each prompt's last token and its keys/values, (H, P_i, D) per layer."""
         ids = pad_rows(prompts, 0, "left")  # left padding: every prompt ends at the last column
         valid = padding_mask([len(p) for p in prompts], "left").bool()  # (n, P)

@@ -95,23 +95,50 @@ class SlotKVCache:
             self.keys[layer][slot, :, :length] = k
             self.values[layer][slot, :, :length] = v
 
+    def read_prompt(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of positions 0..length-1 of ``slot``: keys and values (H, length, D) per layer."""
+        return [(k[slot, :, :length].clone(), v[slot, :, :length].clone()) for k, v in zip(self.keys, self.values)]
+
     def move(self, source: int, target: int, length: int) -> None:
         """Slot ``target`` takes the first ``length`` positions of slot ``source``."""
+        self.copy([source], [target], length)
+
+    def copy(self, sources: list[int], targets: list[int], length: int) -> None:
+        """Slot ``targets[j]`` takes the first ``length`` positions of slot ``sources[j]``, for every j
+        (one indexed copy per layer; a target must not also be a source)."""
+        assert not set(sources) & set(targets), f"slots {sorted(set(sources) & set(targets))} both read and written"
+        if len(targets) == 1:
+            for keys, values in zip(self.keys, self.values):
+                keys[targets[0], :, :length] = keys[sources[0], :, :length]
+                values[targets[0], :, :length] = values[sources[0], :, :length]
+            return
+        source = torch.tensor(sources, device=self.keys[0].device)
+        target = torch.tensor(targets, device=self.keys[0].device)
         for keys, values in zip(self.keys, self.values):
             keys[target, :, :length] = keys[source, :, :length]
             values[target, :, :length] = values[source, :, :length]
 
+    def write_index_tokens(self, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(N * H,) rows of the flattened (S * H * L, D) buffers where token j of slot ``slots[j]`` (N,)
+        stores its key/value for ``positions[j]`` (N,): the order of ``key.reshape(N * H, D)``."""
+        heads, length = self.plan.kv_heads, self.plan.positions
+        slot_heads = slots[:, None] * heads + torch.arange(heads, device=slots.device)  # (N, H)
+        return (slot_heads * length + positions[:, None]).flatten()
+
+    def store(self, layer: int, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor) -> None:
+        """Write keys and values (N, H, D) at ``index`` (``write_index`` or ``write_index_tokens``)."""
+        head_dim = self.plan.head_dim
+        self.keys[layer].view(-1, head_dim).index_copy_(0, index, key.reshape(-1, head_dim))
+        self.values[layer].view(-1, head_dim).index_copy_(0, index, value.reshape(-1, head_dim))
+
     def write_index(self, positions: torch.Tensor) -> torch.Tensor:
         """(B * H,) rows of the flattened (S * H * L, D) buffers where slots 0..B-1 store ``positions`` (B,)."""
-        heads, length = self.plan.kv_heads, self.plan.positions
-        slot_heads = torch.arange(len(positions) * heads, device=positions.device).view(-1, heads)  # (B, H)
-        return (slot_heads * length + positions[:, None]).flatten()
+        return self.write_index_tokens(torch.arange(len(positions), device=positions.device), positions)
 
     def append(self, layer: int, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor,
                width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one new position per row (key/value (B, H, D), at ``write_index(positions)``) and return
         the rows' keys and values (B, H, width, D), views of the buffers."""
-        rows, head_dim = key.shape[0], self.plan.head_dim
-        self.keys[layer].view(-1, head_dim).index_copy_(0, index, key.reshape(-1, head_dim))
-        self.values[layer].view(-1, head_dim).index_copy_(0, index, value.reshape(-1, head_dim))
+        rows = key.shape[0]
+        self.store(layer, key, value, index)
         return self.keys[layer][:rows, :, :width], self.values[layer][:rows, :, :width]

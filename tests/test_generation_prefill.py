@@ -1,0 +1,99 @@
+"""The engine's packed prefill on the Llama fast path: every admitted prompt in one forward pass written
+straight into its KV-cache slot, a prefix shared by all prompts run once, candidates copying a prompt's
+slot. It must equal the generic transformers prefill (logits and cached keys/values) and keep the
+engine's samples exact (log-probs = teacher forcing)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneloop.data.chat import render_prompt
+from tuneloop.generation import SamplingConfig
+from tuneloop.generation.engine import generate_engine
+from tuneloop.generation.forward import GenericForward
+from tuneloop.generation.kv import KVPlan, SlotKVCache, plan_kv_cache
+from tuneloop.models import llama_decode
+from tuneloop.models.llama_decode import LlamaForward, common_prefix_length
+from tuneloop.models.logprobs import answer_logprobs
+
+SYSTEM = "You are a film critic who writes short, honest reviews of every movie you are asked about, in English."
+QUESTIONS = ["Review Up.", "What do you think of a long film about a lighthouse keeper and his dog at sea?", "Jaws?"]
+
+
+def _ids(tokenizer):
+    return [render_prompt(tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
+            for q in QUESTIONS]
+
+
+def _cache(model, slots=6, positions=128):
+    return SlotKVCache(plan_kv_cache(model.config, slots, positions, torch.float32, 2**30), torch.device("cpu"))
+
+
+def test_common_prefix_length_by_hand():
+    """[1 2 3 4] and [1 2 5]: 2 shared tokens. [1 2 3] and [1 2 3 4]: all of the shorter one is shared,
+    but it keeps its last token (2). A lone prompt keeps its last token too; nothing shared is 0."""
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert common_prefix_length([[7, 8, 9]]) == 2
+    assert common_prefix_length([[1, 2], [3, 2]]) == 0
+
+
+def test_cache_copy_takes_the_first_positions_of_each_source():
+    """Slots 3 and 4 take positions 0..1 of slots 0 and 1; position 2 and the other slots stay as they were."""
+    cache = SlotKVCache(KVPlan(slots=5, positions=3, layers=1, kv_heads=1, head_dim=1, dtype=torch.float32),
+                        torch.device("cpu"))
+    cache.keys[0][:, 0, :, 0] = torch.arange(15.0).view(5, 3)  # slot s, position p holds 3s + p
+    cache.values[0][:, 0, :, 0] = -torch.arange(15.0).view(5, 3)
+    cache.copy([0, 1], [3, 4], 2)
+    assert cache.keys[0][:, 0, :, 0].tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [0, 1, 11], [3, 4, 14]]
+    assert cache.values[0][3:, 0, :, 0].tolist() == [[0, -1, -11], [-3, -4, -14]]
+    with pytest.raises(AssertionError, match=r"slots \[1\] both read and written"):
+        cache.copy([0, 1], [1, 2], 2)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-llama-128x4"])  # 1 KV head; 4 heads sharing 2 KV heads
+@pytest.mark.parametrize("shared_prefix_min", [16, 10_000])  # the shared system prompt run once; not shared
+def test_packed_prefill_equals_the_generic_prefill(name, shared_prefix_min, tiny_tokenizer, monkeypatch):
+    """Three prompts of different lengths into slots 4, 1, 3 (not in order, not contiguous): the same
+    last-position logits and the same keys/values at positions 0..P_i-1 as transformers' forward."""
+    from tuneloop.models import ModelConfig, load_causal_lm
+
+    monkeypatch.setattr(llama_decode, "SHARED_PREFIX_MIN", shared_prefix_min)
+    model, _ = load_causal_lm(ModelConfig(name=name), trainable=False)
+    prompts = _ids(tiny_tokenizer)
+    assert common_prefix_length(prompts) >= 16, "the prompts must share their system prompt"
+    targets = [4, 1, 3]
+    generic, fast = _cache(model), _cache(model)
+    with torch.no_grad():
+        expected = GenericForward(model).prefill(generic, targets, prompts)
+        logits = LlamaForward(model).prefill(fast, targets, prompts)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    for layer in range(len(fast.keys)):
+        for slot, prompt in zip(targets, prompts):
+            torch.testing.assert_close(fast.keys[layer][slot, :, :len(prompt)], generic.keys[layer][slot, :, :len(prompt)],
+                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(fast.values[layer][slot, :, :len(prompt)],
+                                       generic.values[layer][slot, :, :len(prompt)], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("batch_size", [2, 5, 16])  # candidates admitted across several prefills; all at once
+def test_engine_with_a_shared_system_prompt_is_exact(batch_size, tiny_model, tiny_tokenizer):
+    """K = 3 candidates of prompts sharing a system prompt: the fast path (packed prefill, shared prefix,
+    candidate copies, prompts kept for later admissions) draws the generic path's tokens, and its
+    log-probs equal teacher forcing to 1e-5."""
+    prompts = _ids(tiny_tokenizer)
+    cfg = SamplingConfig(temperature=0.9, max_new_tokens=8, batch_size=batch_size)
+
+    def run(forward):
+        return generate_engine(tiny_model, tiny_tokenizer, prompts, cfg, 3, seed=7, rank=0, forward=forward,
+                               log=lambda line: None, stop_ids=[])
+
+    fast, generic = run(LlamaForward(tiny_model)), run(GenericForward(tiny_model))
+    assert [[g.token_ids for g in per] for per in fast] == [[g.token_ids for g in per] for per in generic]
+    gens = [g for per in fast for g in per]
+    with torch.no_grad():
+        forced = answer_logprobs(tiny_model, [(g.prompt_ids, g.token_ids) for g in gens], tiny_tokenizer.pad_token_id,
+                                 temperature=0.9)
+    for g, f in zip(gens, forced):
+        torch.testing.assert_close(torch.tensor(g.logprobs), f, atol=1e-5, rtol=0)
