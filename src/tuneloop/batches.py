@@ -134,7 +134,8 @@ class Rollout(TensorBatch):
 @dataclass
 class ComparisonBatch(TensorBatch):
     """A reward-model micro-batch of judgment units, flattened for one scoring pass: N units (a pair, or a
-    K-way ranking), R = Σ K rows, P pair units, Q ranking units."""
+    K-way ranking, or one response scored on aspects), R = Σ K rows, P pair units, Q ranking units,
+    S scored responses, A aspects, V votes per (response, aspect)."""
 
     rows: list[Encoded]  # (R,) every candidate of every unit, unit by unit
     pair_chosen: torch.Tensor  # (P,) long: row index of each pair unit's chosen response
@@ -145,6 +146,11 @@ class ComparisonBatch(TensorBatch):
     rank_index: torch.Tensor  # (Q, K) long: row index of each candidate of ranking units; −1 pads
     rank_groups: torch.Tensor  # (Q, K) long: tie group, 0 = best; −1 pads
     rank_weight: torch.Tensor  # (Q,) fp32
+    score_rows: torch.Tensor  # (S,) long: row index of each scored response
+    score_target: torch.Tensor  # (S, A) fp32 standardised mean score, (mean − μ_a) / σ_a; 0 where not scored
+    score_mask: torch.Tensor  # (S, A) bool: True where the response was scored on the aspect
+    score_votes: torch.Tensor  # (S, A, V) long: the individual integer scores; −1 pads
+    score_weight: torch.Tensor  # (S,) fp32 per-prompt weight
     weight_sum: float  # Σ weights: the units this micro-batch's loss sum counts
 
     @property

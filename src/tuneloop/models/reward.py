@@ -48,7 +48,8 @@ from tuneloop.models.loading import ModelConfig, apply_lora, load_tokenizer, res
 
 RewardKind = Literal["causal_lm", "encoder"]
 INFO_FILE = "tuneloop_reward.json"
-INFO_FORMAT = 1
+INFO_FORMAT = 2  # the newest format this code reads
+MULTI_HEAD_FORMAT = 2  # a folder with several heads (aspects); one-head folders are still written as format 1
 PROMPT_KEEP_MIN = 32  # prompt tokens always kept (its end) when a long response must be cut
 TEMPLATES = {"causal_lm": "chat-template", "encoder": "text-pair"}
 
@@ -67,9 +68,17 @@ class RewardModelInfo:
     eval_accuracy: float | None = None  # held-out pairwise accuracy (strict pairs), None if not measured
     eval_pairs: int = 0  # strict held-out pairs that accuracy is measured on
     chance_accuracy: float = 0.5
-    format: int = INFO_FORMAT
+    # Multi-aspect models (trained on aspect scores; ``rewards.aspects`` scores them):
+    heads: list[str] = field(default_factory=list)  # output names in order, e.g. ["preference", "quality", …]; [] = one scalar head
+    aspect_stats: dict = field(default_factory=dict)  # {aspect: {"mean", "std", "low", "high"}}: scale value = mean + std · output
+    aspect_weights: dict = field(default_factory=dict)  # {head: weight}: the combination a plain load_reward(folder) scores
+    head_reference: dict = field(default_factory=dict)  # {"mean": (H,), "cov": (H, H)} of head values on the reference set
+    aspect_eval: dict = field(default_factory=dict)  # held-out per-aspect Pearson / Spearman and implied accuracy
+    format: int = 1
 
     def save(self, folder: Path) -> None:
+        if self.heads:
+            self.format = max(self.format, MULTI_HEAD_FORMAT)  # older readers would score only the first head
         atomic_write_text(Path(folder) / INFO_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
@@ -178,6 +187,7 @@ class RewardModel(torch.nn.Module):
         super().__init__()
         assert kind in TEMPLATES, f"kind must be one of {list(TEMPLATES)}, got {kind!r}"
         self.hf, self.kind, self.pad_id = hf_model, kind, pad_id
+        self.num_heads = int(self.core.config.num_labels)  # 1: a scalar reward; H > 1: one output per head (aspects)
         if kind == "causal_lm" and not hasattr(self.core, "score"):
             raise ValueError(f"{type(self.core).__name__} has no 'score' head; is this a causal LM? "
                              "(set reward_model.kind: encoder for encoders)")
@@ -189,18 +199,21 @@ class RewardModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Rewards (B,) fp32 of rows (B, T) padded on either side (encoders: right only)."""
+        """Rewards of rows (B, T) padded on either side (encoders: right only), fp32: (B,) for a model with
+        one head, (B, H) for a model with H heads (one per aspect, see ``RewardModelInfo.heads``)."""
         core = self.core
         if self.kind == "encoder":
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-            return core(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits[:, 0].float()
+            logits = core(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits.float()
+            return logits[:, 0] if self.num_heads == 1 else logits
         # Positions count real tokens only, so a row's positions do not depend on its padding.
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = core.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                                  use_cache=False).last_hidden_state  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-        return core.score(picked).squeeze(-1).float()
+        logits = core.score(picked).float()  # (B, H)
+        return logits[:, 0] if self.num_heads == 1 else logits
 
 
 def collate_encoded(rows: list[Encoded], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
@@ -229,8 +242,8 @@ def length_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
 
 def score_encoded(model: RewardModel, rows: list[Encoded], max_batch_tokens: int = 2048,
                   padding_side: str = "right") -> torch.Tensor:
-    """Rewards (N,) of ``rows`` in input order, computed in length-sorted chunks (gradients flow
-    when called outside ``torch.no_grad``)."""
+    """Rewards (N,) of ``rows`` in input order ((N, H) for a model with H heads), computed in
+    length-sorted chunks (gradients flow when called outside ``torch.no_grad``)."""
     if model.kind == "encoder":
         padding_side = "right"
     device = next(model.parameters()).device
@@ -274,9 +287,10 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def build_reward_model(cfg: ModelConfig, kind: str = "auto", disable_dropout: bool = True
+def build_reward_model(cfg: ModelConfig, kind: str = "auto", disable_dropout: bool = True, num_heads: int = 1
                        ) -> tuple[RewardModel, object]:
-    """A fresh reward model (random head) on the backbone ``cfg.name``; returns (model, tokenizer).
+    """A fresh reward model (random head with ``num_heads`` outputs) on the backbone ``cfg.name``;
+    returns (model, tokenizer).
 
     Honours ``cfg.lora``, ``cfg.gradient_checkpointing``, ``cfg.attn_implementation`` and, when ``cfg``
     has it, ``trainable_layers`` (train only the top N blocks and the head).
@@ -289,7 +303,7 @@ def build_reward_model(cfg: ModelConfig, kind: str = "auto", disable_dropout: bo
     if resolved == "causal_lm" and not tokenizer.chat_template:
         tokenizer.chat_template = FALLBACK_TEMPLATE  # saved with the model, so scoring renders the same
     with _quiet_transformers():  # "score.weight newly initialised": yes, it is the head we train
-        hf = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32,
+        hf = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_heads, dtype=torch.float32,
                                                                 attn_implementation=attention_kernel(cfg.attn_implementation))
     hf.config.pad_token_id = tokenizer.pad_token_id
     if disable_dropout:

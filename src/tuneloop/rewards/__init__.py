@@ -2,6 +2,9 @@
 
 Specs:
   a folder with ``tuneloop_reward.json``   a trained reward model (``tuneloop reward``), normalised scores
+  ``folder?weights=quality:1,safety:1&floor=safety:3``  a multi-aspect reward model: a weighted
+                                           combination of its aspects, optional floor (``rewards.aspects``);
+                                           also as a mapping ``{"model": folder, "weights": {...}, ...}``
   ``vader`` / ``readability`` (or ``gold:…``) a gold scorer (``rewards.gold``)
   ``package.module:function`` / ``file.py:function``  a Python callable, text → float
   ``http://…`` / ``https://…``             an HTTP endpoint (``rewards.http``)
@@ -17,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneloop.rewards.aspects import AspectReward, load_aspect_reward, parse_aspect_query, split_spec
 from tuneloop.rewards.base import Reward, WeightedMix
 from tuneloop.rewards.functions import CallableReward, load_function, load_text_scorer
 from tuneloop.rewards.gate import WeakRewardModelError, check_reward_model
@@ -34,6 +38,8 @@ def load_reward(spec: Any, *, normalise: bool = True) -> Reward:
         return WeightedMix([_component(item, normalise) for item in spec])
     if callable(spec):
         return CallableReward(spec)
+    if isinstance(spec, dict) and "model" in spec:
+        return load_aspect_reward(spec, normalise=normalise)
     if not isinstance(spec, (str, Path)):
         raise ValueError(f"cannot make a reward from {type(spec).__name__} {spec!r}")
     text = str(spec)
@@ -44,10 +50,14 @@ def load_reward(spec: Any, *, normalise: bool = True) -> Reward:
         raise ValueError(f"unknown gold scorer {name!r}; known: {', '.join(sorted(GOLD_SCORERS))}")
     if text.startswith(("http://", "https://")):
         return HttpReward(text)
+    folder, query = split_spec(text)
+    if query is not None and Path(folder).is_dir():
+        return load_aspect_reward(text, normalise=normalise)
     if Path(text).is_dir():
         from tuneloop.rewards.model import RewardModelScorer
 
-        return RewardModelScorer(text, normalise=normalise)
+        scorer = RewardModelScorer(text, normalise=normalise)
+        return AspectReward(scorer, parse_aspect_query(text, None), normalise) if scorer.info.heads else scorer
     if ":" in text:
         return CallableReward(load_function(text), name=text)
     raise FileNotFoundError(f"reward {text!r} is not a reward-model folder, a gold scorer "
@@ -75,6 +85,7 @@ def _component(item: Any, normalise: bool) -> tuple[Reward, float]:
 
 __all__ = [
     "GOLD_SCORERS",
+    "AspectReward",
     "CallableReward",
     "HttpReward",
     "Reward",

@@ -29,11 +29,18 @@ class RewardModelScorer:
         self.name = f"rm:{self.folder}"
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+    def outputs(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+        """Raw model outputs: (B,) for a one-head model, (B, H) for a multi-aspect one."""
         check_batch(prompts, responses)
         if not responses:
             return torch.zeros(0)
         rows = [self.renderer.encode(as_messages(p), [{"role": "assistant", "content": r}])
                 for p, r in zip(prompts, responses)]
-        raw = score_encoded(self.model, rows, self.max_batch_tokens).float().cpu()
+        return score_encoded(self.model, rows, self.max_batch_tokens).float().cpu()
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+        if self.info.heads:
+            raise ValueError(f"{self.folder} scores aspects ({', '.join(self.info.heads)}); load it with "
+                             "tuneloop.rewards.load_reward, which combines them")
+        raw = self.outputs(prompts, responses)
         return self.info.normalise(raw) if self.normalise else raw

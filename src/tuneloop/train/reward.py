@@ -5,14 +5,17 @@ or   ``from tuneloop.train.reward import RewardConfig, train; train(RewardConfig
 
 Data: preference pairs (text or messages, optional margin and tie), HH-RLHF transcripts, K-way
 rankings with tie groups, and the labelling app's ``pairs.jsonl`` / ``rankings.jsonl`` exports, as is
-(``train.reward_data``). Split by prompt with a fixed seed: no prompt is in both train and eval.
+(``train.reward_data``); and/or aspect scores (``data.scores``, the app's ``scores.jsonl``), learned by
+one head per aspect (``train.reward_aspects``). Split by prompt with a fixed seed: no prompt is in both
+train and eval.
 
 The loop, per optimizer step:
   1. take this process's micro-batches of units (pairs or rankings; a pure function of seed and step)
   2. score every candidate of a micro-batch once, in length-sorted chunks (little padding)
   3. per-unit losses — Bradley–Terry with margin and ties for pairs, all pairs of a ranking or its
-     Plackett–Luce likelihood for rankings, plus optional reward centering — weighted per prompt,
-     summed, and divided by the step's total weight over all processes
+     Plackett–Luce likelihood for rankings, plus optional reward centering; the aspect loss
+     (regression or ordinal) for scored responses, the pairwise part times ``loss.pairwise_weight`` —
+     weighted per prompt, summed, and divided by the step's total weight over all processes
   4. clip, step the optimizer and the schedule
   5. log; evaluate and checkpoint on schedule
 After the last step: the held-out report (accuracy, calibration, length bias; JSON + PNG in
@@ -23,16 +26,16 @@ mean 0 and std 1; Ziegler et al. 2019) and the model folder ``model/`` with ``tu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
 import torch
 
 from tuneloop.batches import ComparisonBatch
 from tuneloop.checkpoint import NamedState
 from tuneloop.config import ConfigError
-from tuneloop.data.split import EVAL_FRACTION, check_eval_fraction, split_by_prompt
+from tuneloop.data.scores import AspectScaling
+from tuneloop.data.split import split_by_prompt
+from tuneloop.losses.aspects import AspectLoss
 from tuneloop.losses.preference import (
     bradley_terry_loss,
     plackett_luce_loss,
@@ -40,8 +43,7 @@ from tuneloop.losses.preference import (
     reward_centering_penalty,
 )
 from tuneloop.metrics.preference import pair_accuracy
-from tuneloop.models.bundled_encoder import BUNDLED_ENCODER
-from tuneloop.models.loading import AttnImplementation, ModelConfig, load_tokenizer, resolve_model_name
+from tuneloop.models.loading import load_tokenizer, resolve_model_name
 from tuneloop.models.modes import eval_mode
 from tuneloop.models.reward import (
     TEMPLATES,
@@ -56,10 +58,9 @@ from tuneloop.models.reward import (
 )
 from tuneloop.report import reward_figures
 from tuneloop.rewards.evaluation import ScoredPairs, write_report
-from tuneloop.runs import RunConfig, RunDir
-from tuneloop.train.batch_plan import BatchConfig, make_batch_plan, step_micro_batches
+from tuneloop.runs import RunDir
+from tuneloop.train.batch_plan import make_batch_plan, step_micro_batches
 from tuneloop.train.loop import (
-    LoopConfig,
     finish,
     open_run,
     prepare_optimisation,
@@ -67,96 +68,17 @@ from tuneloop.train.loop import (
     start_loop,
     update,
 )
-from tuneloop.train.optim import OptimConfig
+from tuneloop.train import reward_aspects
+from tuneloop.train.reward_aspects import PREFERENCE_HEAD, HeadLayout, aspect_loss_sum
+from tuneloop.train.reward_config import RewardConfig, RewardLossConfig, RewardModelConfig  # noqa: F401 (importable from here)
 from tuneloop.train.reward_data import (
     Comparison,
     load_comparisons,
     load_reference,
+    load_scored_units,
     make_batch,
     set_prompt_weights,
 )
-
-
-@dataclass
-class RewardDataConfig:
-    train: str | None = None
-    """Judgments: pairs, HH-RLHF transcripts, rankings or a labelling-app export (JSONL/Parquet/CSV/dataset folder)."""
-    eval: str | None = None
-    """Held-out judgments in the same forms; when null, eval_fraction of the training prompts is held out."""
-    eval_fraction: float = EVAL_FRACTION
-    """Share of distinct prompts held out for evaluation when no eval file is given (split by prompt, fixed seed)."""
-    reference: str | None = None
-    """Policy samples to normalise scores on (a `tuneloop sample` candidates file, or pairs); null: the eval responses."""
-    max_length: int = 512
-    """Tokens per (prompt, response); longer ones keep the whole response and the end of the prompt."""
-
-    def __post_init__(self) -> None:
-        check_eval_fraction(self.eval_fraction)
-
-
-@dataclass
-class RewardLossConfig:
-    ranking: Literal["pairwise", "plackett_luce"] = "pairwise"
-    """Loss of a K-way ranking: mean BT loss over all its pairs (InstructGPT), or its Plackett–Luce likelihood."""
-    include_tie_pairs: bool = True
-    """Rankings with the pairwise loss: also pull the scores of tied candidates together (soft label ½)."""
-    use_margin: bool = True
-    """Use each pair's 'margin' in the BT loss, −log σ(r_c − r_r − m) (Llama 2)."""
-    per_prompt_weighting: bool = True
-    """Weight each unit 1 / (units of its prompt), so a prompt judged many times counts once."""
-    centering: float = 0.0
-    """Reward-centering coefficient η·(r_c + r_r)² (Eisenstein et al. 2023 use 0.01); 0 disables."""
-
-
-@dataclass
-class RewardModelConfig(ModelConfig):
-    name: str = BUNDLED_ENCODER
-    """Backbone: 'minilm-l6' (bundled encoder), a causal LM ('smollm2-135m-instruct', 'tiny-llama', a folder) or a hub id."""
-    kind: Literal["auto", "causal_lm", "encoder"] = "auto"
-    """Reward-model kind; 'auto' picks 'encoder' for BERT-like backbones, else 'causal_lm' (scalar head on the last token)."""
-    trainable_layers: int | None = None
-    """Train only the top N transformer blocks and the head (null: all); the backward pass stops at the lowest trained block."""
-    attn_implementation: AttnImplementation = "sdpa"
-    """Attention kernel passed to transformers ('sdpa', 'sdpa_documents', 'eager', 'flash_attention_2')."""
-
-
-@dataclass
-class RewardBatchConfig(BatchConfig):
-    batch_size: int = 32
-    """Units (a pair, or a whole ranking) per optimizer step, summed over all processes and accumulation steps."""
-    micro_batch_size: int = 8
-    """Units per forward/backward pass on one process (their candidates are scored in length-sorted chunks)."""
-
-
-@dataclass
-class RewardOptimConfig(OptimConfig):
-    lr: float = 5e-5
-    """Peak learning rate."""
-    warmup_ratio: float = 0.1
-    """Warm-up length as a fraction of all optimizer steps, used when warmup_steps is 0."""
-
-
-@dataclass
-class RewardConfig(LoopConfig):
-    model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    """The backbone and its scalar head."""
-    data: RewardDataConfig = field(default_factory=RewardDataConfig)
-    """Training, evaluation and normalisation data."""
-    loss: RewardLossConfig = field(default_factory=RewardLossConfig)
-    """Loss options."""
-    batch: RewardBatchConfig = field(default_factory=RewardBatchConfig)
-    """Batch sizes (in units: a pair or a whole ranking) and training length."""
-    optim: RewardOptimConfig = field(default_factory=RewardOptimConfig)
-    """Optimizer and learning-rate schedule."""
-    run: RunConfig = field(default_factory=RunConfig)
-    """Run folder and seed (the seed also fixes the train/eval split)."""
-    disable_dropout: bool = True
-    """Switch dropout off in the backbone (scores of a scalar head are noisy with it)."""
-    max_batch_tokens: int = 2048
-    """Candidates of a micro-batch are scored in length-sorted chunks of at most this many padded tokens
-    (small chunks of similar lengths waste little on padding; the activations of all are kept for one backward)."""
-    eval_tie_threshold: float = 0.5
-    """A held-out tie 'agrees' when |r_1 − r_2| is below this (raw reward units)."""
 
 
 @dataclass
@@ -172,6 +94,9 @@ class _Data:
     eval: list[Comparison]
     reference: list[Encoded] | None  # from data.reference, else None (use the eval responses)
     kind: str
+    layout: HeadLayout  # which model output is which head ([] names: one scalar head)
+    scaling: AspectScaling | None  # the aspects and their standardisation; None without data.scores
+    aspect_weights: dict[str, float]  # the default combination of the aspects ({} without data.scores)
 
 
 def prepare_data(cfg: RewardConfig, tokenizer) -> _Data:
@@ -179,30 +104,107 @@ def prepare_data(cfg: RewardConfig, tokenizer) -> _Data:
     from transformers import AutoConfig
 
     d = cfg.data
-    if not d.train:
-        raise ConfigError("config key 'data.train' is required: a file of preference pairs or rankings")
+    _check_keys(cfg)
+    kind = cfg.model.kind if cfg.model.kind != "auto" else detect_kind(AutoConfig.from_pretrained(resolve_model_name(cfg.model.name)))
+    renderer = Renderer(tokenizer, kind, d.max_length)
+    judged = load_comparisons(d.train, renderer) if d.train else []
+    scored = (load_scored_units(d.scores, renderer, d.score_field, d.aspects, AspectLoss(cfg.loss.aspects).needs_votes)
+              if d.scores else [])
+    held_judged = load_comparisons(d.eval, renderer) if d.eval else None
+    held_scored = (load_scored_units(d.eval_scores, renderer, d.score_field, d.aspects) if d.eval_scores else None)
+    # what has no eval file is split in one go, so that no prompt is in train for one kind and eval for the other
+    to_split = (judged if held_judged is None else []) + (scored if held_scored is None else [])
+    train_split, eval_split = split_by_prompt(to_split, d.eval_fraction, cfg.run.seed)
+    train_units = train_split + (judged if held_judged is not None else []) + \
+        (scored if held_scored is not None else [])
+    eval_units = eval_split + (held_judged or []) + (held_scored or [])
+    set_prompt_weights(train_units, cfg.loss.per_prompt_weighting)
+    set_prompt_weights(eval_units, cfg.loss.per_prompt_weighting)
+    scaling, weights = _aspects(cfg, [u.score for u in train_units if u.is_scored])
+    layout = HeadLayout.build(bool(judged), scaling.names if scaling else [])
+    reference = load_reference(d.reference, renderer) if d.reference else None
+    return _Data(train_units, eval_units, reference, kind, layout, scaling, weights)
+
+
+def _check_keys(cfg: RewardConfig) -> None:
+    d = cfg.data
+    if not d.train and not d.scores:
+        raise ConfigError("config key 'data.train' is required: a file of preference pairs or rankings "
+                          "(or give 'data.scores', a file of aspect scores, instead)")
     if cfg.model.lora.enabled and cfg.model.lora.save == "adapter":
         raise ConfigError("config key 'model.lora.save': a reward model folder always holds the merged weights "
                           "(every scorer loads it as is); use 'both' to keep the adapter too, in adapter/")
-    kind = cfg.model.kind if cfg.model.kind != "auto" else detect_kind(AutoConfig.from_pretrained(resolve_model_name(cfg.model.name)))
-    renderer = Renderer(tokenizer, kind, d.max_length)
-    units = load_comparisons(d.train, renderer)
-    if d.eval:
-        train_units, eval_units = units, load_comparisons(d.eval, renderer)
-    else:
-        train_units, eval_units = split_by_prompt(units, d.eval_fraction, cfg.run.seed)
-    set_prompt_weights(train_units, cfg.loss.per_prompt_weighting)
-    set_prompt_weights(eval_units, cfg.loss.per_prompt_weighting)
-    reference = load_reference(d.reference, renderer) if d.reference else None
-    return _Data(train_units, eval_units, reference, kind)
+    unused = [key for key, value in (("data.eval_scores", d.eval_scores), ("data.aspects", d.aspects),
+                                     ("model.aspect_weights", cfg.model.aspect_weights)) if value]
+    if not d.scores and unused:
+        raise ConfigError(f"config key '{unused[0]}' applies to aspect scores; set data.scores or drop it")
+    if cfg.loss.pairwise_weight != 1.0 and not (d.train and d.scores):
+        raise ConfigError("config key 'loss.pairwise_weight' weighs the pairwise loss against the aspect loss; "
+                          "it needs both data.train and data.scores")
+    if cfg.loss.aspects == "ordinal" and d.score_field == "adjusted":
+        raise ConfigError("config key 'loss.aspects': the ordinal loss learns from the integer votes, and "
+                          "data.score_field 'adjusted' has means only; use 'regression' or score_field 'scores'")
+    if PREFERENCE_HEAD in (d.aspects or []):
+        raise ConfigError(f"config key 'data.aspects': '{PREFERENCE_HEAD}' names the pairwise head; rename the aspect")
 
 
-def loss_sum(scores: torch.Tensor, batch: ComparisonBatch, cfg: RewardLossConfig) -> tuple[torch.Tensor, dict]:
-    """Σ weight·loss over the units of a micro-batch, from the rewards (R,) of its rows.
+def _aspects(cfg: RewardConfig, records: list) -> tuple[AspectScaling | None, dict[str, float]]:
+    """The aspects learned (``data.aspects`` or every aspect in the training scores) and the default weights."""
+    from tuneloop.data.scores import aspect_names
+
+    if not cfg.data.scores:
+        return None, {}
+    names = list(cfg.data.aspects) if cfg.data.aspects else aspect_names(records)
+    if not records:
+        raise ConfigError("config key 'data.scores': no scored response is left for training after the split; "
+                          "lower data.eval_fraction or give data.eval_scores")
+    if PREFERENCE_HEAD in names:
+        raise ConfigError(f"config key 'data.scores': an aspect is called '{PREFERENCE_HEAD}', which names the "
+                          "pairwise head; rename it in the export")
+    try:
+        scaling = AspectScaling.fit(records, names)
+    except ValueError as err:
+        raise ConfigError(f"config key 'data.aspects': {err}") from None
+    weights = dict(cfg.model.aspect_weights) if cfg.model.aspect_weights else {name: 1.0 for name in names}
+    unknown = sorted(set(weights) - set(names))
+    if unknown or not any(weights.values()):
+        raise ConfigError(f"config key 'model.aspect_weights': expected weights of the aspects {names}, not all 0; "
+                          f"got {weights}")
+    return scaling, weights
+
+
+ONE_HEAD = HeadLayout([], 0, [])  # the classic reward model: one scalar output
+
+
+def loss_sum(outputs: torch.Tensor, batch: ComparisonBatch, cfg: RewardLossConfig, layout: HeadLayout = ONE_HEAD,
+             scaling: AspectScaling | None = None) -> tuple[torch.Tensor, dict]:
+    """Σ weight·loss over the units of a micro-batch, from the outputs of its rows: (R,) for a one-head
+    model, (R, H) with aspect heads (``layout``; ``scaling`` standardises their targets). With aspect
+    heads, the judgments' part is multiplied by ``cfg.pairwise_weight``.
 
     Metrics are sums (so they add up over micro-batches and processes): ``correct`` and ``ordered``
-    count strictly ordered pairs and how many the rewards order right (ties in rewards count ½).
+    count strictly ordered pairs and how many the rewards order right (ties in rewards count ½);
+    ``aspect_se`` / ``aspect_cells`` the squared error of the aspect heads (standardised units).
     """
+    if layout.names:
+        outputs = outputs.reshape(len(batch.rows), len(layout.names))  # a one-aspect model's (R,) too
+    total, metrics = _judgment_loss_sum(layout.judged(outputs) if layout.preference is not None else None, batch, cfg)
+    if layout.names:
+        total = cfg.pairwise_weight * total
+        aspect_total, aspect_metrics = aspect_loss_sum(outputs, batch, cfg.aspects, layout, scaling)
+        total = total + aspect_total
+        metrics.update(aspect_metrics)
+    metrics.update({"units": float(len(batch.pair_chosen) + len(batch.rank_weight) + len(batch.score_rows)),
+                    "sequences": float(len(batch.rows)), "tokens": float(batch.tokens)})
+    return total, metrics
+
+
+def _judgment_loss_sum(scores: torch.Tensor | None, batch: ComparisonBatch, cfg: RewardLossConfig
+                       ) -> tuple[torch.Tensor, dict]:
+    """The pairs' and rankings' part of ``loss_sum``, from their rewards (R,) (None: no preference head)."""
+    if scores is None:
+        assert not batch.pair_chosen.numel() and not batch.rank_index.numel(), "judgments need a preference head"
+        return torch.zeros(()), {"correct": 0.0, "ordered": 0.0}
     total = scores.new_zeros((), dtype=torch.float32)
     correct, ordered = 0.0, 0.0
     if batch.pair_chosen.numel():
@@ -231,16 +233,19 @@ def loss_sum(scores: torch.Tensor, batch: ComparisonBatch, cfg: RewardLossConfig
             _, m = ranking_pairwise_loss(rewards, groups)
         correct += m.get("accuracy", 0.0) * m["pairs"]
         ordered += m["pairs"]
-    return total, {"correct": correct, "ordered": ordered, "units": float(len(batch.pair_chosen) + len(batch.rank_weight)),
-                   "sequences": float(len(batch.rows)), "tokens": float(batch.tokens)}
+    return total, {"correct": correct, "ordered": ordered}
 
 
 @torch.no_grad()
-def score_units(model: RewardModel, units: list[Comparison], max_batch_tokens: int) -> list[torch.Tensor]:
-    """Raw rewards of every candidate of every unit (one (K,) tensor per unit), in eval mode."""
+def score_units(model: RewardModel, units: list[Comparison], max_batch_tokens: int,
+                layout: HeadLayout = ONE_HEAD) -> list[torch.Tensor]:
+    """Raw outputs for every candidate of every unit, in eval mode: one (K,) tensor per unit, (K, H)
+    with aspect heads."""
     rows = [row for u in units for row in u.rows]
     with eval_mode(model):
         flat = score_encoded(model, rows, max_batch_tokens).cpu() if rows else torch.zeros(0)
+    if layout.names:
+        flat = flat.reshape(len(rows), len(layout.names))
     out, start = [], 0
     for u in units:
         out.append(flat[start:start + len(u.rows)])
@@ -249,9 +254,11 @@ def score_units(model: RewardModel, units: list[Comparison], max_batch_tokens: i
 
 
 def scored_pairs(units: list[Comparison], scores: list[torch.Tensor]) -> ScoredPairs:
-    """Every pair a held-out judgment orders (and its tie pairs), with rewards and lengths."""
+    """Every pair a held-out judgment orders (and its tie pairs), with rewards ((K,) per unit) and lengths."""
     c, r, tie, cl, rl = [], [], [], [], []
     for u, s in zip(units, scores):
+        if u.is_scored:
+            continue
         for i, j, is_tie in u.ordered_pairs():
             c.append(s[i].item()), r.append(s[j].item()), tie.append(is_tie)
             cl.append(u.rows[i].response_tokens), rl.append(u.rows[j].response_tokens)
@@ -261,16 +268,20 @@ def scored_pairs(units: list[Comparison], scores: list[torch.Tensor]) -> ScoredP
 
 
 def evaluate(model: RewardModel, units: list[Comparison], cfg: RewardConfig,
-             scores: list[torch.Tensor] | None = None) -> dict[str, float]:
-    """Held-out loss (per-prompt weighted) and pairwise accuracy (``scores``: reuse rewards already computed)."""
+             scores: list[torch.Tensor] | None = None, layout: HeadLayout = ONE_HEAD,
+             scaling: AspectScaling | None = None) -> dict[str, float]:
+    """Held-out loss (per-prompt weighted), pairwise accuracy and the aspect heads' mean squared error
+    (standardised units) (``scores``: reuse outputs already computed)."""
     if not units:
         return {}
-    scores = score_units(model, units, cfg.max_batch_tokens) if scores is None else scores
-    batch = make_batch(units)
-    loss, m = loss_sum(torch.cat(scores), batch, cfg.loss)
+    scores = score_units(model, units, cfg.max_batch_tokens, layout) if scores is None else scores
+    batch = make_batch(units, scaling)
+    loss, m = loss_sum(torch.cat(scores), batch, cfg.loss, layout, scaling)
     out = {"loss": loss.item() / batch.weight_sum, "units": m["units"]}
     if m["ordered"]:
         out["accuracy"] = m["correct"] / m["ordered"]
+    if m.get("aspect_cells"):
+        out["aspect_mse"] = m["aspect_se"] / m["aspect_cells"]
     return out
 
 
@@ -289,23 +300,27 @@ def train(cfg: RewardConfig, resume_dir: str | Path | None = None,
     acc = start_accelerator(cfg.run.seed)
     data = prepare_data(cfg, load_tokenizer(cfg.model.name))
     plan = make_batch_plan(cfg.batch, len(data.train), acc.num_processes)
-    # 2. backbone + scalar head, optimizer, schedule; run folder; resume
-    model, tokenizer = build_reward_model(cfg.model, data.kind, cfg.disable_dropout)
+    # 2. backbone + scalar head (or one head per aspect), optimizer, schedule; run folder; resume
+    model, tokenizer = build_reward_model(cfg.model, data.kind, cfg.disable_dropout, data.layout.num_heads)
     model.train()
     model, optimizer, scheduler = prepare_optimisation(model, cfg.optim, plan.total_steps, acc)
     run = open_run(cfg, "reward", acc, resume_dir)
     state = NamedState({"model": model}, {"model": optimizer}, {"model": scheduler}, {"units_seen": 0})
-    rankings = sum(not u.is_pair for u in data.train)
+    rankings = sum(not u.is_pair and not u.is_scored for u in data.train)
+    scored = sum(u.is_scored for u in data.train)
+    heads = f"; heads {', '.join(data.layout.names)} ({cfg.loss.aspects})" if data.layout.names else ""
     loop = start_loop(cfg, "reward", acc, run, plan, state, resume_dir is not None,
-                      f"{cfg.model.name} as {data.kind}; {len(data.train)} train units ({rankings} rankings) over "
-                      f"{len({u.group for u in data.train})} prompts, {len(data.eval)} eval units")
+                      f"{cfg.model.name} as {data.kind}{heads}; {len(data.train)} train units ({rankings} rankings, "
+                      f"{scored} scored responses) over {len({u.group for u in data.train})} prompts, "
+                      f"{len(data.eval)} eval units")
 
     def loss_sum_fn(model, batch: ComparisonBatch):
-        return loss_sum(score_encoded(model, batch.rows, cfg.max_batch_tokens), batch, cfg.loss)
+        return loss_sum(score_encoded(model, batch.rows, cfg.max_batch_tokens), batch, cfg.loss, data.layout,
+                        data.scaling)
 
     for step in loop.steps():
         # 3. this process's micro-batches of the step (a pure function of seed and step)
-        micro = [make_batch([data.train[i] for i in idx])
+        micro = [make_batch([data.train[i] for i in idx], data.scaling)
                  for idx in step_micro_batches(plan, step, cfg.run.seed, len(data.train), acc.process_index)]
         # 4. score, weighted losses, each sum divided by the step's global weight; clip, optimizer, schedule
         totals, grad_norm, lr = update(loop, "model", micro, loss_sum_fn, lambda b: b.weight_sum, step,
@@ -313,10 +328,14 @@ def train(cfg: RewardConfig, resume_dir: str | Path | None = None,
         # 5. log, evaluate, checkpoint on schedule
         m = totals.metrics
         state.plain["units_seen"] += int(m["units"])
-        loop.end_step(step, {"loss": totals.loss, "accuracy": m["correct"] / max(m["ordered"], 1.0), "lr": lr,
-                             "grad_norm": grad_norm, "units": m["units"], "tokens": m["tokens"],
-                             "units_per_s": loop.per_second("units_seen")},
-                      lambda: evaluate(acc.unwrap_model(model), data.eval, cfg),
+        logged = {"loss": totals.loss, "lr": lr, "grad_norm": grad_norm, "units": m["units"], "tokens": m["tokens"],
+                  "units_per_s": loop.per_second("units_seen")}
+        if m["ordered"] or not data.layout.names:
+            logged["accuracy"] = m["correct"] / max(m["ordered"], 1.0)
+        if m.get("aspect_cells"):
+            logged["aspect_mse"] = m["aspect_se"] / m["aspect_cells"]
+        loop.end_step(step, logged,
+                      lambda: evaluate(acc.unwrap_model(model), data.eval, cfg, layout=data.layout, scaling=data.scaling),
                       {"loss": totals.loss, "units_s": round(loop.per_second("units_seen"), 1)})
     # 6. held-out report and normalisation, model folder with tuneloop_reward.json, curves, summary
     extra = {"stage": "reward", "units_per_s": loop.per_second("units_seen"), "kind": data.kind,
@@ -329,7 +348,12 @@ def train(cfg: RewardConfig, resume_dir: str | Path | None = None,
     if loop.is_main:
         report = final.report
         acc_text = f"{report['accuracy']:.3f}" if "accuracy" in report else "n/a"
-        print(f"[tuneloop] reward: held-out accuracy {acc_text} on {int(report.get('pairs', 0))} pairs; "
+        aspects = "".join(f"; {name} Pearson {m['pearson']:.3f}, Spearman {m['spearman']:.3f}"
+                          for name, m in report.get("aspects", {}).get("per_aspect", {}).items())
+        implied = report.get("aspects", {}).get("score_pairs", {})
+        aspects += (f"; weighted scores order {implied['accuracy']:.3f} of {int(implied['pairs'])} held-out score pairs"
+                    if "accuracy" in implied else "")
+        print(f"[tuneloop] reward: held-out accuracy {acc_text} on {int(report.get('pairs', 0))} pairs{aspects}; "
               f"model in {run.model}")
     return RewardResult(run.path, run.model, summary)
 
@@ -353,28 +377,49 @@ class _Final:
         self.info: RewardModelInfo | None = None
 
     def evaluate(self) -> dict:
-        cfg, data = self.cfg, self.data
-        eval_scores = score_units(self.model, data.eval, cfg.max_batch_tokens)
-        self.report = _eval_report(cfg, self.model, data.eval, self.run, eval_scores)
-        raw, source = _reference_scores(cfg, self.model, data, eval_scores)
-        gain, bias, stats = fit_normalisation(raw) if raw.numel() >= 2 else (1.0, 0.0, {"count": int(raw.numel())})
+        cfg, data, layout = self.cfg, self.data, self.data.layout
+        eval_outputs = score_units(self.model, data.eval, cfg.max_batch_tokens, layout)
+        self.report = _eval_report(cfg, self.model, data, self.run, eval_outputs)
+        raw, source = _reference_scores(cfg, self.model, data, eval_outputs)
+        judged = layout.judged(raw) if layout.preference is not None else None
+        gain, bias, stats = (fit_normalisation(judged) if judged is not None and judged.numel() >= 2
+                             else (1.0, 0.0, {"count": int(raw.shape[0])}))
         self.info = RewardModelInfo(kind=data.kind, template=TEMPLATES[data.kind], max_length=cfg.data.max_length,
                                     backbone=cfg.model.name, gain=gain, bias=bias,
                                     normalisation={"source": source, **stats},
                                     eval_accuracy=self.report.get("accuracy"),
                                     eval_pairs=int(self.report.get("pairs", 0)))
+        if layout.names:  # what load_reward(folder) scores by default is the aspect combination: gate that
+            aspects = self.report.get("aspects", {})
+            self.info.eval_accuracy, self.info.eval_pairs = reward_aspects.implied_gate_accuracy(aspects)
+            self.info.heads, self.info.aspect_stats = layout.names, data.scaling.as_dict()
+            self.info.aspect_weights, self.info.aspect_eval = data.aspect_weights, aspects
+            self.info.head_reference = reward_aspects.reference_moments(raw, layout, data.scaling, gain, bias)
+            self.summary["aspects"] = aspects
         self.summary["normalisation"] = self.info.normalisation
         return self.report
 
 
-def _eval_report(cfg: RewardConfig, model: RewardModel, units: list[Comparison], run: RunDir,
-                 scores: list[torch.Tensor]) -> dict:
+def _eval_report(cfg: RewardConfig, model: RewardModel, data: _Data, run: RunDir, outputs: list[torch.Tensor]) -> dict:
+    """report.json: the judgments' report (accuracy, calibration, length bias) on the rewards the pairwise
+    loss trains — with aspect heads, the preference head, else the default aspect combination — plus,
+    with aspect heads, ``aspects`` (``reward_aspects.aspect_report``) and its headline numbers as flat keys."""
+    units, layout = data.eval, data.layout
     if not units:
         return {}
+    extra = {"eval_units": len(units), **evaluate(model, units, cfg, outputs, layout, data.scaling)}
+    rewards = outputs
+    if layout.names:
+        aspects = reward_aspects.aspect_report(units, outputs, layout, data.scaling, data.aspect_weights,
+                                               cfg.eval_score_gap)
+        extra.update({"aspects": aspects, **reward_aspects.flat_summary(aspects)})
+        weights = reward_aspects.weight_vector(data.scaling.names, data.aspect_weights)
+        rewards = [layout.judged(o) if layout.preference is not None
+                   else (reward_aspects.on_scale(o, layout, data.scaling) @ weights).float() for o in outputs]
     lengths = torch.tensor([row.response_tokens for u in units for row in u.rows], dtype=torch.float32)
-    return write_report(run.path / "eval", scored_pairs(units, scores), torch.cat(scores), lengths,
-                        cfg.eval_tie_threshold, extra={"eval_units": len(units), **evaluate(model, units, cfg, scores)},
-                        figures=reward_figures.draw)
+    pairs = scored_pairs(units, rewards)
+    return write_report(run.path / "eval", pairs, torch.cat(rewards), lengths, cfg.eval_tie_threshold, extra=extra,
+                        figures=reward_figures.draw if pairs.chosen.numel() else None)
 
 
 def _reference_scores(cfg: RewardConfig, model: RewardModel, data: _Data, eval_scores: list[torch.Tensor]
@@ -385,4 +430,6 @@ def _reference_scores(cfg: RewardConfig, model: RewardModel, data: _Data, eval_s
     rows = data.reference if data.reference is not None else [row for u in data.train for row in u.rows]
     with torch.no_grad(), eval_mode(model):
         raw = score_encoded(model, rows, cfg.max_batch_tokens).cpu()
+    if data.layout.names:
+        raw = raw.reshape(len(rows), len(data.layout.names))
     return raw, str(cfg.data.reference) if data.reference is not None else "train responses"

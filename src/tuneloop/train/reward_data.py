@@ -6,7 +6,9 @@ A unit is what one prompt's judgment contributes, scored in one go:
   form, or the labelling app's ``pairs.jsonl``): K = 2 candidates, rank groups [0, 1] ([0, 0] for a tie);
 - a ranking (``{"prompt", "completions", "ranking"}``, the labelling app's ``rankings.jsonl``): K
   candidates scored once each, all their pairs (or the Plackett–Luce likelihood) in one loss term
-  (InstructGPT §3.5).
+  (InstructGPT §3.5);
+- a scored response (the labelling app's ``scores.jsonl``, ``data.scores``): K = 1 row and its
+  per-aspect mean scores (and votes), learned by the aspect heads (``losses.aspects``).
 
 A labelling-app export folder (``tuneloop label export``: manifest.json, pairs.jsonl, rankings.jsonl)
 can be given instead of a file: both files are read. Per-prompt weighting: every unit of a prompt
@@ -26,6 +28,7 @@ from tuneloop.batches import ComparisonBatch
 from tuneloop.data import DataError, load_records
 from tuneloop.data.formats import prompt_messages
 from tuneloop.data.preferences import is_ranking, preference_pair, ranking
+from tuneloop.data.scores import AspectScaling, ScoreRecord, load_score_records
 from tuneloop.models.reward import Encoded, Renderer
 
 
@@ -39,10 +42,15 @@ class Comparison:
     group: str  # hash of the prompt (per-prompt weighting and the train/eval split)
     source: str  # "file:line"
     weight: float = 1.0  # per-prompt weight, set over the whole training set
+    score: ScoreRecord | None = None  # a scored response's aspect scores (K = 1); None for a judgment
 
     @property
     def is_pair(self) -> bool:
         return len(self.rows) == 2
+
+    @property
+    def is_scored(self) -> bool:
+        return self.score is not None
 
     def ordered_pairs(self, include_ties: bool = True) -> list[tuple[int, int, bool]]:
         """(better, worse, tie) candidate indices of every pair the judgment orders (and tie pairs)."""
@@ -83,11 +91,28 @@ def load_comparisons(path: str, renderer: Renderer) -> list[Comparison]:
     return out
 
 
+def load_scored_units(path: str, renderer: Renderer, field: str, aspects: list[str] | None,
+                      needs_votes: bool = False) -> list[Comparison]:
+    """Validate and render every record of a scores file (``data.scores``): one unit per response.
+    ``needs_votes`` (the ordinal loss): each aspect a record has a mean for must have its votes too."""
+    out = []
+    for r in load_score_records(path, field, aspects):
+        missing = [name for name in r.target if name not in r.votes]
+        if needs_votes and missing:
+            file, _, line = r.source.rpartition(":")
+            raise DataError(file, "the ordinal loss learns from the individual votes; this record has none for "
+                            f"'{missing[0]}'", line=int(line), field=f"votes.{missing[0]}")
+        row = renderer.encode(r.prompt, r.response)
+        out.append(Comparison([row], [0], 0.0, r.group, r.source, score=r))
+    return out
+
+
 def set_prompt_weights(units: list[Comparison], per_prompt: bool) -> None:
-    """weight = 1 / (units of the same prompt) when ``per_prompt``, else 1 (InstructGPT §3.5)."""
-    counts = Counter(u.group for u in units)
+    """weight = 1 / (units of the same kind and prompt) when ``per_prompt``, else 1 (InstructGPT §3.5):
+    a prompt's judgments weigh one element together, and so do its scored responses."""
+    counts = Counter((u.is_scored, u.group) for u in units)
     for u in units:
-        u.weight = 1.0 / counts[u.group] if per_prompt else 1.0
+        u.weight = 1.0 / counts[(u.is_scored, u.group)] if per_prompt else 1.0
 
 
 def load_reference(path: str, renderer: Renderer) -> list[Encoded]:
@@ -121,13 +146,15 @@ def _better(unit: Comparison) -> int:
     return int(unit.rank_groups[1] < unit.rank_groups[0])
 
 
-def make_batch(units: list[Comparison]) -> ComparisonBatch:
+def make_batch(units: list[Comparison], scaling: AspectScaling | None = None) -> ComparisonBatch:
+    """One micro-batch; ``scaling`` (the aspects and their standardisation) is needed when any unit is scored."""
     rows: list[Encoded] = []
-    pairs, ranks = [], []
+    pairs, ranks, scored = [], [], []
     for u in units:
         start = len(rows)
         rows += u.rows
-        (pairs if u.is_pair else ranks).append((start, u))
+        (scored if u.is_scored else pairs if u.is_pair else ranks).append((start, u))
+    assert scaling is not None or not scored, "scored responses need the aspect scaling to build their targets"
     width = max((len(u.rows) for _, u in ranks), default=0)
     rank_index = torch.full((len(ranks), width), -1, dtype=torch.long)
     rank_groups = torch.full((len(ranks), width), -1, dtype=torch.long)
@@ -143,5 +170,25 @@ def make_batch(units: list[Comparison]) -> ComparisonBatch:
         pair_weight=torch.tensor([u.weight for _, u in pairs], dtype=torch.float32),
         rank_index=rank_index, rank_groups=rank_groups,
         rank_weight=torch.tensor([u.weight for _, u in ranks], dtype=torch.float32),
+        **_score_tensors(scored, scaling),
         weight_sum=float(sum(u.weight for u in units)),
     )
+
+
+def _score_tensors(scored: list[tuple[int, Comparison]], scaling: AspectScaling | None) -> dict[str, torch.Tensor]:
+    """The ``score_*`` fields of a ComparisonBatch: targets standardised with ``scaling``, votes padded with −1."""
+    names = scaling.names if scaling is not None else []
+    width = max((len(u.score.votes.get(n, [])) for _, u in scored for n in names), default=0)
+    target = torch.zeros(len(scored), len(names), dtype=torch.float32)
+    mask = torch.zeros(len(scored), len(names), dtype=torch.bool)
+    votes = torch.full((len(scored), len(names), width), -1, dtype=torch.long)
+    for s, (_, u) in enumerate(scored):
+        for a, name in enumerate(names):
+            if name in u.score.target:
+                target[s, a] = (u.score.target[name] - scaling.mean[a]) / scaling.std[a]
+                mask[s, a] = True
+            cast = u.score.votes.get(name, [])
+            votes[s, a, :len(cast)] = torch.tensor(cast, dtype=torch.long)
+    return {"score_rows": torch.tensor([start for start, _ in scored], dtype=torch.long), "score_target": target,
+            "score_mask": mask, "score_votes": votes,
+            "score_weight": torch.tensor([u.weight for _, u in scored], dtype=torch.float32)}
