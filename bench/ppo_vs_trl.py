@@ -235,12 +235,13 @@ def tuneloop_config(args, prompts_file: Path, out_dir: str, rounds: int, epochs:
 
 # --- 1. agreement -------------------------------------------------------------------------------------
 
-def forced_responses(tokenizer, prompts: list[list[int]], length: int) -> dict[tuple, list[int]]:
-    """A fixed response of ``length`` ordinary tokens per prompt (a different slice of FORCED_TEXT each)."""
+def forced_responses(tokenizer, prompts: list[list[int]], length: int) -> list[list[int]]:
+    """A fixed response of ``length`` ordinary tokens for each entry of ``prompts`` (a different slice of
+    FORCED_TEXT each, in order)."""
     words = tokenizer(FORCED_TEXT, add_special_tokens=False).input_ids
     special = set(tokenizer.all_special_ids)
     assert not special & set(words) and len(words) > length
-    return {tuple(p): (words * 2)[(7 * i) % len(words):][:length] for i, p in enumerate(prompts)}
+    return [(words * 2)[(7 * i) % len(words):][:length] for i in range(len(prompts))]
 
 
 def perturb(named, generator, scale: float) -> None:
@@ -262,7 +263,7 @@ def run_agreement(args) -> dict:
     args.rounds = 1
     prompts_file, prompts = prompt_set(args, folder)
     tokenizer = trl_tokenizer(args.model)
-    forced = forced_responses(tokenizer, prompts, args.max_new_tokens)
+    forced = {tuple(p): ids for p, ids in zip(prompts, forced_responses(tokenizer, prompts, args.max_new_tokens))}
     temperature = 0.7
 
     def forced_generate(model, tok, token_ids, sampling, k, **_):  # tuneloop's sampler, replaced
@@ -376,18 +377,39 @@ def run_trl(args) -> dict:
     return {"round_ends": ends, "mean_length": lengths}
 
 
-def child(args, worker: str) -> dict:
-    """Run one worker in its own process; returns its JSON (with its peak RSS)."""
+def child(args, worker: str, script: str = __file__) -> dict:
+    """Run ``script`` as one worker in its own process; returns its JSON (with its peak RSS)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         argv = [a for a in sys.argv[1:] if a not in ("--json",)]
-        command = [sys.executable, __file__, *argv, "--worker", worker, "--out", out.name]
-        subprocess.run(command, check=True)
+        subprocess.run([sys.executable, script, *argv, "--worker", worker, "--out", out.name], check=True)
         return json.loads(Path(out.name).read_text())
 
 
-def episodes_per_s(args, ends: list[float]) -> float:
-    assert len(ends) == args.rounds, f"{len(ends)} round ends for {args.rounds} rounds"
-    return args.prompts * (args.rounds - 1) / (ends[-1] - ends[0])
+def episodes_per_s(episodes: int, rounds: int, ends: list[float]) -> float:
+    """Episodes per second from the end of round 1 to the end of the last round."""
+    assert len(ends) == rounds, f"{len(ends)} round ends for {rounds} rounds"
+    return episodes * (rounds - 1) / (ends[-1] - ends[0])
+
+
+def print_speed(results: dict, title: str, peer: str, rounds: int) -> None:
+    """The result table: speed and memory of both tools, their ratios, the agreement rows, the load."""
+    results["load_avg_end"] = os.getloadavg()
+    print(f"\n| {title} | tuneloop | {peer} | tuneloop / trl |\n|---|---|---|---|")
+    if "tuneloop" in results and "trl" in results:
+        ours, theirs = results["tuneloop"], results["trl"]
+        results["ratio_episodes_per_s"] = ours["episodes_per_s"] / theirs["episodes_per_s"]
+        results["ratio_peak_rss"] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
+        print(f"| episodes/s (rounds 2–{rounds}) | {ours['episodes_per_s']:.3f} | {theirs['episodes_per_s']:.3f} "
+              f"| {results['ratio_episodes_per_s']:.2f}× |")
+        print(f"| peak RSS (MB) | {ours['peak_rss_mb']:.0f} | {theirs['peak_rss_mb']:.0f} | "
+              f"{results['ratio_peak_rss']:.2f}× |")
+        print(f"| mean response length per round | {[round(x, 1) for x in ours['mean_length']]} | "
+              f"{[round(x, 1) for x in theirs['mean_length']]} | |")
+    for key, v in results.get("agreement", {}).items():
+        if isinstance(v, dict):
+            print(f"| agreement: {key} | {v['tuneloop']:.7f} | {v['trl']:.7f} | |Δ| {v['abs_diff']:.1e} |")
+    print(f"load average: start {tuple(round(x, 2) for x in results['load_avg_start'])}, "
+          f"end {tuple(round(x, 2) for x in results['load_avg_end'])}; torch threads {results['threads']}")
 
 
 def main(argv=None) -> int:
@@ -410,25 +432,9 @@ def main(argv=None) -> int:
         ok = all(v["abs_diff"] <= 1e-5 for k, v in agreement.items() if k.startswith("loss/"))
     if args.skip != "speed":
         for tool in ("tuneloop", "trl"):
-            r = results[tool] = child(args, tool)
-            r["episodes_per_s"] = episodes_per_s(args, r["round_ends"])
-            print(f"{tool}: {r['episodes_per_s']:.3f} episodes/s, peak RSS {r['peak_rss_mb']:.0f} MB, mean response "
-                  f"length per round {[round(x, 1) for x in r['mean_length']]} (load average {os.getloadavg()})",
-                  flush=True)
-        results["ratio_episodes_per_s"] = results["tuneloop"]["episodes_per_s"] / results["trl"]["episodes_per_s"]
-        results["ratio_peak_rss"] = results["tuneloop"]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
-    results["load_avg_end"] = os.getloadavg()
-    print(f"\n| PPO, {args.model} | tuneloop | trl {TRL_VERSION} | tuneloop / trl |\n|---|---|---|---|")
-    if "ratio_episodes_per_s" in results:
-        ours, theirs = results["tuneloop"], results["trl"]
-        print(f"| episodes/s (rounds 2–{args.rounds}) | {ours['episodes_per_s']:.3f} | {theirs['episodes_per_s']:.3f} "
-              f"| {results['ratio_episodes_per_s']:.2f}× |")
-        print(f"| peak RSS (MB) | {ours['peak_rss_mb']:.0f} | {theirs['peak_rss_mb']:.0f} | "
-              f"{results['ratio_peak_rss']:.2f}× |")
-    for key, v in results.get("agreement", {}).items():
-        if isinstance(v, dict):
-            print(f"| first round, {key} | {v['tuneloop']:.7f} | {v['trl']:.7f} | |Δ| {v['abs_diff']:.1e} |")
-    print(f"load average: start {results['load_avg_start']}, end {results['load_avg_end']}")
+            results[tool] = child(args, tool)
+            results[tool]["episodes_per_s"] = episodes_per_s(args.prompts, args.rounds, results[tool]["round_ends"])
+    print_speed(results, f"PPO, {args.model}", f"trl {TRL_VERSION}", args.rounds)
     if "agreement" in results:
         print(f"first-round losses agree to 1e-5 on identical weights and rollouts: {'yes' if ok else 'NO'}")
     if args.json:
