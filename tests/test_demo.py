@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tuneloop.cli import main
 
-STAGES = ("data", "sft", "sample", "label", "reward", "dpo", "ppo", "eval", "report")
+STAGES = ("data", "sft", "sample", "label", "reward", "dpo", "ppo", "eval", "report")  # quick: DPO on
 NOISE = ("Loading weights", "FutureWarning", "it/s]", "step/s]", "Traceback")
 
 

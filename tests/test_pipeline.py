@@ -120,11 +120,34 @@ def test_variables_profiles_and_sets(tmp_path):
      "has no output 'model'"),
     ({"a": {"uses": "write", "with": {"text": "${vars.missing}"}}}, "is not defined"),
     ({"a": {"uses": "write", "wiht": {}}}, "unknown key 'wiht'"),
+    ({"a": {"uses": "write", "with": {"text": "x"}, "when": "yes"}}, "must be true, false or"),
+    ({"a": {"uses": "write", "with": {"text": "x"}, "when": False},
+      "b": {"uses": "write", "with": {"text": "${a.text}"}}}, "stage 'a' is switched off"),
 ])
 def test_bad_pipeline_files_name_the_stage(tmp_path, stages, message):
     with pytest.raises(PipelineError, match=message) as err:
         load_pipeline(_pipeline(tmp_path, stages))
     assert "p.yaml" in str(err.value)
+
+
+def test_when_switches_a_stage_and_list_items_off_and_on(tmp_path):
+    seen = []
+    stage_kinds.STAGE_KINDS["collect"] = stage_kinds.StageKind(
+        "collects its config", ("text",), lambda context, config: (seen.append(config) or _write(context, {"text": "x"})))
+    try:
+        stages = {"a": {"uses": "write", "with": {"text": "A"}, "when": "${vars.extra}"},
+                  "b": {"uses": "write", "with": {"text": "B"}},
+                  "c": {"uses": "collect", "with": {"items": [
+                      {"name": "a", "path": "${a.text}", "when": "${vars.extra}"}, {"name": "b", "path": "${b.text}"}]}}}
+        path = _pipeline(tmp_path, stages, {"extra": False})
+        _run(path)
+        assert CALLS == ["b", "c"] and seen[-1] == {"items": [{"name": "b", "path": str(tmp_path / "out/b/out.txt")}]}
+        CALLS.clear()
+        _run(path, overrides={"extra": True})
+        assert CALLS == ["a", "c"] and [item["name"] for item in seen[-1]["items"]] == ["a", "b"]
+        assert "when" not in seen[-1]["items"][0]
+    finally:
+        del stage_kinds.STAGE_KINDS["collect"]
 
 
 def test_cli_run_twice(tmp_path, capsys):
@@ -151,9 +174,12 @@ def test_shipped_pipelines_and_example_configs_load():
     from tuneloop.train.sft import SFTConfig
 
     examples = Path(__file__).parents[1] / "examples"
-    for profile in (None, "quick"):
-        demo = load_pipeline(DEMO_PIPELINE, profile=profile)
-        assert [s.name for s in demo.stages] == ["data", "sft", "sample", "label", "reward", "dpo", "eval", "report"]
+    loop = ["data", "sft", "sample", "label", "reward", "ppo", "eval", "report"]
+    for profile, overrides, dpo in ((None, {}, False), (None, {"dpo": True}, True), ("quick", {}, True)):
+        demo = load_pipeline(DEMO_PIPELINE, profile=profile, overrides=overrides)
+        assert [s.name for s in demo.stages] == loop[:5] + ["dpo"] * dpo + loop[5:]
+        policies = [p["name"] for p in next(s for s in demo.stages if s.name == "eval").config["policies"]]
+        assert policies == ["sft"] + ["dpo"] * dpo + ["ppo"]
     assert load_pipeline(examples / "pipeline-small.yaml", profile="quick").variables["base"] == "tiny-llama"
     for name, cls in (("sft-reviews", SFTConfig), ("reward-demo", RewardConfig), ("dpo-demo", DPOConfig),
                       ("eval-demo", EvalConfig)):

@@ -8,7 +8,7 @@ The stages are the shipped pipeline file ``tuneloop/demo.yaml`` (``tuneloop run`
   label   a simulated rater panel (VADER sentiment + noise, ~75% agreement between raters) judges them through
           the labelling app's store; the judgments are exported as preference pairs
   reward  a reward model (the bundled MiniLM) trained on those pairs, with its held-out accuracy
-  dpo     the RL-free path: DPO of the SFT policy on the same pairs
+  dpo     with ``--dpo`` (always in ``--quick``): the RL-free path, DPO of the SFT policy on the same pairs
   ppo     RL against the reward model: PPO (LoRA policy, the reference is the adapter switched off, a critic)
   eval    SFT vs DPO vs PPO on movies no stage has seen: gold score (VADER, which no policy trained on),
           reward-model score, KL to the SFT policy, length, win rates, best-of-n and the over-optimisation
@@ -30,7 +30,7 @@ from pathlib import Path
 DEMO_PIPELINE = Path(__file__).with_name("demo.yaml")
 
 
-def run_demo(quick: bool, out_dir: str, fresh: bool = False, verbose: bool = False) -> dict:
+def run_demo(quick: bool, out_dir: str, fresh: bool = False, verbose: bool = False, dpo: bool = False) -> dict:
     """Run the demo pipeline into ``<out_dir>/demo`` (or ``demo-quick``); returns the stage records ({} when a
     stage failed: the failure and where its traceback is were printed; running again resumes there)."""
     from tuneloop.pipeline import load_pipeline, run_pipeline
@@ -38,7 +38,8 @@ def run_demo(quick: bool, out_dir: str, fresh: bool = False, verbose: bool = Fal
     root = Path(out_dir) / ("demo-quick" if quick else "demo")
     if fresh and root.exists():
         shutil.rmtree(root)
-    pipeline = load_pipeline(DEMO_PIPELINE, profile="quick" if quick else None, out_dir=root)
+    pipeline = load_pipeline(DEMO_PIPELINE, profile="quick" if quick else None, out_dir=root,
+                             overrides={"dpo": True} if dpo else None)
     print(f"tuneloop demo{' --quick' if quick else ''}: {len(pipeline.stages)} stages on "
           f"{pipeline.variables['policy']} → {root}/  (each stage's own output: {root}/<stage>/log.txt)")
     started = time.time()
@@ -62,4 +63,6 @@ def register(sub) -> None:
     p.add_argument("--out-dir", default="runs", help="the demo goes into <out-dir>/demo (or demo-quick)")
     p.add_argument("--fresh", action="store_true", help="rerun every stage instead of reusing finished ones")
     p.add_argument("--verbose", action="store_true", help="show every stage's own output")
-    p.set_defaults(handler=lambda a, _: 0 if run_demo(a.quick, a.out_dir, a.fresh, a.verbose) else 1)
+    p.add_argument("--dpo", action="store_true", help="DPO as well, compared with PPO in the report (about 6 more "
+                                                      "minutes; always on with --quick)")
+    p.set_defaults(handler=lambda a, _: 0 if run_demo(a.quick, a.out_dir, a.fresh, a.verbose, a.dpo) else 1)

@@ -18,6 +18,11 @@ A pipeline file::
 ``${vars.x}`` is a variable, ``${stage.output}`` an output of an earlier stage (``tuneloop run --list``
 shows each kind's outputs); a value that is only a reference keeps its type (numbers, booleans).
 
+Optional parts. ``when: "${vars.dpo}"`` (a boolean, or a variable holding one) on a stage switches it
+off when false; on a mapping inside a list of a stage's ``with`` (e.g. one of eval's policies) it
+leaves that item out when false. ``when`` is removed before the stage sees its config. A stage that
+reads a switched-off stage (outside such an item) is an error that names both.
+
 Caching. A stage's key is the sha256 of its kind, its resolved config, the tuneloop version, the keys
 of the stages it reads from, and the content of every file or folder its config names outside the
 pipeline's folder. After a stage succeeds, ``<stage>/stage.json`` records its key, outputs and time (atomically). On the next run a
@@ -129,20 +134,53 @@ def load_pipeline(path: str | Path, profile: str | None = None, overrides: dict 
     if not isinstance(raw_stages, dict) or not raw_stages:
         raise PipelineError(f"{path}: 'stages' must be a non-empty mapping of stage name → {{uses, with}}")
     stages: list[Stage] = []
+    switched_off: list[str] = []
     for name, body in raw_stages.items():
         where = f"{path}: stage {name!r}"
         if not isinstance(body, dict) or "uses" not in body:
             raise PipelineError(f"{where}: needs 'uses' (one of {', '.join(sorted(STAGE_KINDS))})")
-        extra = sorted(set(body) - {"uses", "with", "inputs"})
+        extra = sorted(set(body) - {"uses", "with", "inputs", "when"})
         if extra:
-            raise PipelineError(f"{where}: unknown key {extra[0]!r}; known: uses, with, inputs")
+            raise PipelineError(f"{where}: unknown key {extra[0]!r}; known: uses, with, inputs, when")
         if body["uses"] not in STAGE_KINDS:
             raise PipelineError(f"{where}: unknown stage kind {body['uses']!r}; known: {', '.join(sorted(STAGE_KINDS))}")
-        stage = Stage(str(name), body["uses"], body.get("with") or {}, list(body.get("inputs") or []))
-        _check_references(stage, stages, variables, where)
+        if not _switch(body.get("when", True), variables, f"{where}: when"):
+            switched_off.append(str(name))
+            continue
+        config = _drop_switched_off(body.get("with") or {}, variables, where)
+        stage = Stage(str(name), body["uses"], config, list(body.get("inputs") or []))
+        _check_references(stage, stages, variables, where, switched_off)
         stages.append(stage)
     out = Path(out_dir) if out_dir is not None else Path(data.get("out_dir") or f"runs/{data.get('name', path.stem)}")
     return Pipeline(path, str(data.get("name", path.stem)), out, variables, stages)
+
+
+def _switch(value: Any, variables: dict, where: str) -> bool:
+    """A ``when`` value: a boolean, or ``${vars.x}`` naming a boolean variable."""
+    if isinstance(value, str):
+        whole = REFERENCE.fullmatch(value)
+        if not whole or whole.group(1) != "vars" or whole.group(2) not in variables:
+            raise PipelineError(f"{where}: {value!r} must be true, false or ${{vars.<name>}} of a defined variable")
+        value = variables[whole.group(2)]
+    if not isinstance(value, bool):
+        raise PipelineError(f"{where}: must be a boolean, got {value!r}")
+    return value
+
+
+def _drop_switched_off(value: Any, variables: dict, where: str) -> Any:
+    """``value`` without the list items whose ``when`` is false (and without the ``when`` keys)."""
+    if isinstance(value, dict):
+        return {k: _drop_switched_off(v, variables, where) for k, v in value.items()}
+    if isinstance(value, list):
+        kept = []
+        for i, item in enumerate(value):
+            if isinstance(item, dict) and "when" in item:
+                if not _switch(item["when"], variables, f"{where}: item {i + 1}'s when"):
+                    continue
+                item = {k: v for k, v in item.items() if k != "when"}
+            kept.append(_drop_switched_off(item, variables, where))
+        return kept
+    return value
 
 
 def _references(value: Any) -> list[tuple[str, str]]:
@@ -155,7 +193,8 @@ def _references(value: Any) -> list[tuple[str, str]]:
     return []
 
 
-def _check_references(stage: Stage, earlier: list[Stage], variables: dict, where: str) -> None:
+def _check_references(stage: Stage, earlier: list[Stage], variables: dict, where: str,
+                      switched_off: list[str] = ()) -> None:
     from tuneloop.commands.stages import STAGE_KINDS
 
     kinds = {s.name: STAGE_KINDS[s.uses] for s in earlier}
@@ -163,6 +202,9 @@ def _check_references(stage: Stage, earlier: list[Stage], variables: dict, where
         if source == "vars":
             if key not in variables:
                 raise PipelineError(f"{where}: ${{vars.{key}}} is not defined; vars: {', '.join(variables)}")
+        elif source in switched_off:
+            raise PipelineError(f"{where}: reads ${{{source}.{key}}}, but stage {source!r} is switched off by its "
+                                f"'when'; give the reading item the same 'when'")
         elif source not in kinds:
             raise PipelineError(f"{where}: ${{{source}.{key}}} names no earlier stage; earlier: "
                                 f"{', '.join(kinds) or 'none'}")
