@@ -40,6 +40,17 @@ def tiny_bert() -> str:
     return str(target)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread (tiny models gain nothing from more; CI runs tests side by side)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def review_pairs(n: int, seed: int = 0) -> list[dict]:
     """Pairs whose chosen review is positive and rejected negative: learnable in a few steps."""
     rng = random.Random(seed)

@@ -11,7 +11,7 @@ import torch
 from handvalues import close
 
 from datafiles import write_jsonl
-from reward_helpers import BAD, GOOD, review_pairs, tiny_bert  # noqa: F401  (fixture)
+from reward_helpers import BAD, GOOD, one_torch_thread, review_pairs, tiny_bert  # noqa: F401  (fixtures)
 from tuneloop.cli import main
 from tuneloop.config import load_config
 from tuneloop.data.loading import Record
@@ -22,12 +22,7 @@ from tuneloop.train.reward_aspects import HeadLayout
 from tuneloop.train.reward_data import Comparison, make_batch, set_prompt_weights
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def scored_reviews(prompts: int, seed: int = 0) -> list[dict]:
@@ -125,7 +120,7 @@ def test_scores_only_run_records_aspects_and_load_reward_combines_them(scores_fi
     assert result.summary["aspects"]["per_aspect"] == per_aspect
     assert (info.eval_accuracy, info.eval_pairs) == (report["aspects"]["score_pairs"]["accuracy"],
                                                      int(report["aspects"]["score_pairs"]["pairs"]))
-    check_reward_model(result.model_dir, allow_weak=True)
+    assert check_reward_model(f"{result.model_dir}?weights=quality:1", allow_weak=True).heads == info.heads
 
     folder = str(result.model_dir)
     flat_prompts = [p for p, c in zip(prompts, texts) for _ in c]

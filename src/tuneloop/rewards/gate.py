@@ -19,9 +19,11 @@ class WeakRewardModelError(ValueError):
 
 def check_reward_model(path: str | Path, allow_weak: bool = False) -> RewardModelInfo:
     """The model's info if its held-out accuracy is above chance; otherwise raise (or, with
-    ``allow_weak``, print a warning and return it)."""
+    ``allow_weak``, print a warning and return it). A multi-aspect model records the accuracy of its
+    default aspect combination on held-out pairs (judged, else implied by the scores)."""
     from tuneloop.models.reward import RewardModelInfo
 
+    path = str(path).partition("?")[0]  # a multi-aspect spec 'folder?weights=…' gates its folder
     info = RewardModelInfo.load(path)
     problem = None
     if info.eval_accuracy is None or info.eval_pairs == 0:

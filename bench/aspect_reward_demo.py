@@ -1,0 +1,122 @@
+"""Issue 13's must-shows for the multi-aspect reward model on the demo task, measured and printed.
+
+A. Held-out per-aspect correlation of a multi-aspect reward model next to the panel's own inter-rater
+   reliability: Krippendorff's α (interval) per aspect from the label store; the reliability of the
+   mean of the responses' scores by Spearman–Brown, ρ_n = n·α / (1 + (n − 1)·α), and √ρ_n, the
+   correlation a perfect predictor of the panel's underlying score would reach with the noisy means;
+   and, because the panel is simulated, the measured correlation of its noise-free scorer values with
+   the same held-out means (what the reward model could reach at best).
+B. Best-of-n selection with aspect-weighted rewards on held-out prompts: from one pool of n candidates
+   per prompt, each weighting keeps the candidate it scores highest; the kept candidates are measured
+   by the aspect scorers (VADER for quality, MiniLM similarity for relevance, better-profanity for
+   safety), which the reward model never saw, against the pool's mean (a random pick).
+
+Run (paths as docs/reward.md sets them up)::
+
+    python bench/aspect_reward_demo.py --db labels.db --scores export/scores.jsonl --run runs/aspects \\
+        --pool heldout-candidates.jsonl --n 8 --out aspects-demo.json
+
+Needs the label extra (better-profanity) for the safety scorer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+
+from tuneloop.data.scores import load_score_records
+from tuneloop.data.split import split_by_prompt
+from tuneloop.evaluate.best_of_n import select_best_of_n
+from tuneloop.feedback.aspect_scorers import default_aspect_scorers
+from tuneloop.feedback.quality import quality_report
+from tuneloop.feedback.store import opened
+from tuneloop.metrics.preference import pearson, spearman
+from tuneloop.rewards import load_reward
+
+WEIGHTINGS = {  # name → query of the reward spec
+    "quality": "weights=quality:1",
+    "relevance": "weights=relevance:1",
+    "all aspects 1": "weights=quality:1,relevance:1,safety:1",
+    "relevance 1, floor quality 3": "weights=relevance:1&floor=quality:3",
+}
+
+
+def ceiling(db: str, scores: str, run: Path, scorers: dict) -> dict:
+    """Per aspect: α of the panel, the Spearman–Brown ceiling, the scorer's own correlation with the
+    held-out means, and the reward model's held-out Pearson / Spearman (from its eval report)."""
+    cfg = json.loads((run / "summary.json").read_text())
+    report = json.loads((run / "eval" / "report.json").read_text())["aspects"]["per_aspect"]
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    records = load_score_records(scores)
+    _, held = split_by_prompt(records, config["data"]["eval_fraction"], config["run"]["seed"])  # the run's split
+    with opened(db, create=False) as store:
+        alphas = {a["aspect"]: a["alpha_interval"] for a in quality_report(store)["aspects"]}
+    out = {}
+    for name, scorer in scorers.items():
+        human = torch.tensor([r.human[name] for r in held], dtype=torch.float64)
+        gold = torch.tensor([scorer(r.prompt[-1]["content"], r.response[0]["content"]) for r in held], dtype=torch.float64)
+        votes = statistics.fmean(len(r.votes[name]) for r in held)
+        alpha = alphas[name]
+        rho = votes * alpha / (1 + (votes - 1) * alpha)
+        out[name] = {"alpha_interval": alpha, "votes_per_response": votes, "reliability_of_mean": rho,
+                     "ceiling_sqrt_reliability": math.sqrt(rho) if rho > 0 else 0.0,
+                     "scorer_pearson": pearson(gold, human), "scorer_spearman": spearman(gold, human),
+                     "rm_pearson": report[name]["pearson"], "rm_spearman": report[name]["spearman"],
+                     "held_out_responses": report[name]["responses"]}
+    out["_run"] = {"steps": cfg["steps"], "train_seconds": cfg["train_seconds"]}
+    return out
+
+
+def best_of_n(pool: str, run: Path, n: int, scorers: dict) -> dict:
+    """Mean aspect-scorer values of the candidates each weighting keeps, and of the whole pool."""
+    records = [json.loads(line) for line in Path(pool).read_text().splitlines() if line.strip()]
+    gold = {name: [[scorer(r["prompt"], c) for c in r["completions"][:n]] for r in records]
+            for name, scorer in scorers.items()}
+    out = {"pool (random pick)": {name: statistics.fmean(v for row in values for v in row)
+                                  for name, values in gold.items()}}
+    trimmed = [{**r, "completions": r["completions"][:n]} for r in records]
+    for label, query in WEIGHTINGS.items():
+        kept = select_best_of_n(trimmed, load_reward(f"{run / 'model'}?{query}"), n)
+        chosen = [k["best_of_n"]["chosen"][0] for k in kept]
+        out[label] = {name: statistics.fmean(values[i][c] for i, c in enumerate(chosen)) for name, values in gold.items()}
+        out[label]["_chosen"] = chosen
+    for name in scorers:  # the oracle: best-of-n by the scorer itself (what a perfect reward model would pick)
+        picks = [max(range(n), key=lambda j, row=row: row[j]) for row in gold[name]]
+        out[f"oracle {name}"] = {a: statistics.fmean(gold[a][i][c] for i, c in enumerate(picks)) for a in scorers}
+    out["_prompts"], out["_n"] = len(records), n
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--pool", required=True, help="candidates of held-out prompts, at least --n per prompt")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--out", default="aspects-demo.json")
+    args = p.parse_args()
+    scorers = default_aspect_scorers()
+    result = {"ceiling": ceiling(args.db, args.scores, args.run, scorers),
+              "best_of_n": best_of_n(args.pool, args.run, args.n, scorers)}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print("aspect | panel α | ceiling √ρ | scorer r | RM Pearson | RM Spearman")
+    for name, m in result["ceiling"].items():
+        if not name.startswith("_"):
+            print(f"{name} | {m['alpha_interval']:.3f} | {m['ceiling_sqrt_reliability']:.3f} | {m['scorer_pearson']:.3f} | "
+                  f"{m['rm_pearson']:.3f} | {m['rm_spearman']:.3f}")
+    print(f"\nbest-of-{args.n} on {result['best_of_n']['_prompts']} held-out prompts | quality | relevance | safety")
+    for label, m in result["best_of_n"].items():
+        if not label.startswith("_"):
+            print(f"{label} | {m['quality']:.4f} | {m['relevance']:.4f} | {m['safety']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
