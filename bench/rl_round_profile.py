@@ -71,7 +71,7 @@ def instrument() -> None:
 
     wrap(rl, "policy_logps", "old_policy")
     wrap(rl, "reference_logps", "reference")
-    wrap(rl, "response_values", "critic")
+    wrap(rl, "critic_values", "critic")
     wrap(rl_update, "_micro_losses", "update_forward")
     wrap(rl_update, "optimizer_step", "update_optim")
     wrap(rl, "_setup", "setup")

@@ -49,7 +49,7 @@ from tuneloop.losses.rl_rewards import (
 )
 from tuneloop.models import load_causal_lm
 from tuneloop.models.loading import load_tokenizer, save_model
-from tuneloop.models.value import build_value_model, response_values
+from tuneloop.models.value import build_value_model
 from tuneloop.runs import RunDir
 from tuneloop.train.optim import build_optimizer, build_scheduler
 from tuneloop.train.rl_config import RLConfig, RLPlan, make_rl_plan, stage_name
@@ -61,6 +61,7 @@ from tuneloop.train.rl_rollout import (
     policy_logps,
     reference_logps,
     _quiet,
+    critic_values,
     round_prompts,
     sample_rollout,
 )
@@ -209,8 +210,7 @@ def _experience(s: _Session, cfg: RLConfig, rollout: Rollout) -> dict[str, float
     rollout.old_logps = policy_logps(s.policy.model, on_device, temperature).cpu()
     rollout.ref_logps = reference_logps(s.policy.model, s.reference, on_device, temperature).cpu()
     if s.critic is not None:
-        rollout.values = response_values(s.critic.model, on_device.query_responses, on_device.attention_mask,
-                                         rollout.prompt_width, rollout.response_mask.shape[1]).cpu()
+        rollout.values = critic_values(s.critic.model, on_device).cpu()
     mask = rollout.response_mask
     kl, kl_metrics = kl_per_token(a.kl_estimator, rollout.old_logps, rollout.ref_logps, mask)
     non_score = -s.kl.coef * kl if a.kl_in == "reward" else torch.zeros_like(kl)

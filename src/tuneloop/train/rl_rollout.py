@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
-from tuneloop.batches import Rollout
+from tuneloop.batches import Rollout, TensorBatch
 from tuneloop.data import load_records
 from tuneloop.data.chat import render_prompt
 from tuneloop.data.errors import DataError
 from tuneloop.data.formats import Message, prompt_messages
 from tuneloop.generation import Generation, SamplingConfig, generate
-from tuneloop.models.logprobs import positions_from_mask, token_logprobs
+from tuneloop.data.padding import pad_rows, padding_mask
+from tuneloop.models.logprobs import token_logprobs
 from tuneloop.models.reference import frozen_copy, has_adapter, reference_model
 
 SEED_STRIDE = 1_000_003  # the generation seed of round s: seed·STRIDE + s (distinct for s < STRIDE)
@@ -93,16 +94,95 @@ def sample_rollout(model, tokenizer, prompts: PromptSet, positions: list[int], o
     return rollout, gens
 
 
+@dataclass
+class ScoringRows(TensorBatch):
+    """A Rollout (or a mini-batch of it) laid out again for teacher forcing, without its shared padding.
+
+    Each row holds one prompt (its real tokens, positions 0…p−1) followed by the responses that share
+    it: the run of consecutive rollout rows with the same prompt (a group's K samples, when
+    ``share_prompts``), else one response. A response token's position continues its prompt's
+    (p, p+1, …) whatever precedes it in the row, and a response attends to its prompt and to itself,
+    never to a sibling, so every scored log-prob is the one of the padded layout, while the prompt is
+    computed once per group instead of K times and each row is only as wide as its own tokens.
+    """
+
+    input_ids: torch.Tensor  # (R, T) prompt + response(s), right-padded
+    attention_mask: torch.Tensor  # (R, T) 1 on real tokens, or (R, 1, T, T) bool when a row holds 2+ responses
+    position_ids: torch.Tensor  # (R, T) positions counting the row's prompt and each response's own tokens
+    rows: torch.Tensor  # (N,) row of the position whose logits predict response token n
+    cols: torch.Tensor  # (N,) column of that position (the prompt's last for a response's first token)
+    targets: torch.Tensor  # (N,) the response token
+    out_rows: torch.Tensor  # (N,) its rollout row b
+    out_cols: torch.Tensor  # (N,) its response column t
+
+
+def scoring_rows(rollout: Rollout, share_prompts: bool) -> ScoringRows:
+    """The ``ScoringRows`` of ``rollout`` (see its docstring): the real tokens of each row, read through
+    the attention and response masks of the padded layout."""
+    width = rollout.prompt_width
+    ids, attention = rollout.query_responses.tolist(), rollout.attention_mask.tolist()
+    lengths = rollout.response_mask.sum(-1).long().tolist()
+    prompt_index = rollout.prompt_index.tolist()
+    trees: list[tuple[list[int], list[int]]] = []  # (prompt ids, rollout rows whose responses follow it)
+    for b in range(rollout.num_rows):
+        prompt = [t for t, m in zip(ids[b][:width], attention[b][:width]) if m]
+        if share_prompts and trees and prompt_index[b] == prompt_index[b - 1]:
+            assert trees[-1][0] == prompt, f"rows {b - 1} and {b} share prompt {prompt_index[b]} but not its tokens"
+            trees[-1][1].append(b)
+        else:
+            trees.append((prompt, [b]))
+    flat_ids, flat_positions, flat_branches = [], [], []
+    rows, cols, targets, out_rows, out_cols = [], [], [], [], []
+    for r, (prompt, members) in enumerate(trees):
+        row, positions, branches = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+        for branch, b in enumerate(members, start=1):
+            response = ids[b][width:width + lengths[b]]
+            start = len(row)
+            for t, token in enumerate(response):  # token t is predicted at the prompt's end or at token t − 1
+                rows.append(r)
+                cols.append(len(prompt) - 1 if t == 0 else start + t - 1)
+                targets.append(token)
+                out_rows.append(b)
+                out_cols.append(t)
+            row += response
+            positions += range(len(prompt), len(prompt) + len(response))
+            branches += [branch] * len(response)
+        flat_ids.append(row)
+        flat_positions.append(positions)
+        flat_branches.append(branches)
+    real = [len(row) for row in flat_ids]
+    input_ids = pad_rows(flat_ids, 0)  # any id: the mask hides it
+    attention_mask = padding_mask(real)
+    if any(len(members) > 1 for _, members in trees):
+        branch = pad_rows(flat_branches, -1)  # (R, T) 0 prompt, k the k-th response, −1 padding
+        index = torch.arange(branch.shape[1])
+        visible = ((index[:, None] >= index[None, :]) & (branch[:, None, :] >= 0)
+                   & ((branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])))
+        attention_mask = (visible | torch.eye(branch.shape[1], dtype=torch.bool))[:, None]  # padding sees itself
+    as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return ScoringRows(input_ids, attention_mask, pad_rows(flat_positions, 0), as_long(rows), as_long(cols),
+                       as_long(targets), as_long(out_rows), as_long(out_cols))
+
+
 def policy_logps(model, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """log π(y_t) (B, A) by teacher forcing on the Rollout layout (``models.logprobs.token_logprobs``,
-    logits / temperature, only at response positions); 0 on padding. Gradients flow unless called
-    under no_grad."""
-    rows, cols = rollout.response_mask.nonzero(as_tuple=True)  # (N,) response token t of row b
-    logps = token_logprobs(model, rollout.query_responses, rollout.attention_mask,
-                           positions_from_mask(rollout.attention_mask), rows, rollout.prompt_width - 1 + cols,
-                           temperature=temperature or 1.0)
+    """log π(y_t) (B, A) by teacher forcing (``models.logprobs.token_logprobs``, logits / temperature, only
+    at response positions) on the ``ScoringRows`` of the rollout, the K samples of a prompt sharing one
+    copy of it; 0 on padding. Gradients flow unless called under no_grad."""
+    layout = scoring_rows(rollout, share_prompts=True).to(rollout.query_responses.device)
+    logps = token_logprobs(model, layout.input_ids, layout.attention_mask, layout.position_ids, layout.rows,
+                           layout.cols, layout.targets, temperature=temperature or 1.0)
     out = torch.zeros(rollout.response_mask.shape, dtype=logps.dtype, device=logps.device)
-    out[rows, cols] = logps
+    out[layout.out_rows, layout.out_cols] = logps
+    return out
+
+
+def critic_values(critic, rollout: Rollout) -> torch.Tensor:
+    """V(s_t) (B, A): the critic's value at the position before response token t, on the ``ScoringRows``
+    of the rollout with one response per row (the critic takes a padding mask); 0 on padding."""
+    layout = scoring_rows(rollout, share_prompts=False).to(rollout.query_responses.device)
+    values = critic(layout.input_ids, layout.attention_mask)
+    out = torch.zeros(rollout.response_mask.shape, dtype=values.dtype, device=values.device)
+    out[layout.out_rows, layout.out_cols] = values[layout.rows, layout.cols]
     return out
 
 

@@ -5,6 +5,8 @@ Each mini-batch is split into micro-batches; each micro-batch's *summed* loss is
 number of units of its mini-batch over all processes (``losses.reductions.token_normalised``, the one
 normalisation every stage uses): tokens for ``token_mean`` and the value loss, sequences for the
 sequence modes. Accumulation 2× on one process therefore equals 2 processes (tested).
+Each epoch shuffles whole groups (``group_order``): a prompt's K rows stay together, so that a micro-batch
+scores each prompt once for its samples (``rl_rollout.policy_logps``); with K = 1 it is a plain shuffle.
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ from tuneloop.losses.rl_policy import (
     value_loss,
 )
 from tuneloop.losses.rl_rewards import kl_per_token
-from tuneloop.models.value import response_values
 from tuneloop.train.accumulate import optimizer_step
 from tuneloop.train.rl_config import RLConfig, RLPlan
-from tuneloop.train.rl_rollout import policy_logps
+from tuneloop.train.rl_rollout import critic_values, policy_logps
 
 EXTREMES = ("policy/ratio_min", "policy/ratio_max")
 
@@ -62,7 +63,7 @@ def _micro_losses(policy, critic, mb: Rollout, cfg: RLConfig, kl_coef: float
     policy_sum, _ = aggregate_loss(loss, mask, a.aggregation, constant)
     value_sum = None
     if critic is not None:
-        values = response_values(critic, mb.query_responses, mb.attention_mask, mb.prompt_width, mask.shape[1])
+        values = critic_values(critic, mb)
         v_loss, v_metrics = value_loss(values, mb.values, mb.returns, mask, a.value_clip)
         value_sum, _ = aggregate_loss(v_loss, mask, "token_mean")
         metrics.update({k: v for k, v in v_metrics.items() if k != "tokens"})
@@ -88,7 +89,7 @@ def update_on_rollout(policy: Trainee, critic: Trainee | None, rollout: Rollout,
     models = [t.model for t in (policy, critic) if t is not None]
     for epoch in range(plan.epochs):
         g = torch.Generator().manual_seed((seed * 1_000_003 + round_index) * 1_000_003 + epoch)
-        order = torch.randperm(rows, generator=g)  # the same on every process: rows are local, order is not
+        order = group_order(rows, rollout.group_size, g)  # the same on every process: rows are local, order is not
         for mini in order.chunk(plan.mini_batches):
             micro = [rollout.rows(idx).to(device) for idx in mini.split(plan.micro_batch_size)]
             local = torch.tensor([sum(_units(mb, cfg)[i] for mb in micro) for i in (0, 1)], dtype=torch.float64,
@@ -128,6 +129,13 @@ def update_on_rollout(policy: Trainee, critic: Trainee | None, rollout: Rollout,
                 optimizer_step(critic.model, critic.optimizer, critic.scheduler, accelerator, critic.max_grad_norm)
             steps += 1
     return _reduce_metrics(sums, extremes, losses, steps, accelerator, critic is not None, lr if steps else 0.0)
+
+
+def group_order(rows: int, group_size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random order of the rows (B,) that keeps each group's K rows together and in order: the groups
+    are shuffled, so that a micro-batch's samples of one prompt share it in ``policy_logps``."""
+    groups = torch.randperm(rows // group_size, generator=generator)
+    return (groups[:, None] * group_size + torch.arange(group_size)).reshape(-1)
 
 
 def _reduce_metrics(sums, extremes, losses, steps, accelerator, has_critic, lr) -> dict[str, float]:
