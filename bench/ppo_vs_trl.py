@@ -380,7 +380,11 @@ def run_trl(args) -> dict:
 def child(args, worker: str, script: str = __file__) -> dict:
     """Run ``script`` as one worker in its own process; returns its JSON (with its peak RSS)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        argv = [a for a in sys.argv[1:] if a not in ("--json",)]
+        argv, skip_next = [], False
+        for a in sys.argv[1:]:  # the parent's arguments, less --json (the children write to --out)
+            if not skip_next and not a.startswith("--json"):
+                argv.append(a)
+            skip_next = a == "--json"
         subprocess.run([sys.executable, script, *argv, "--worker", worker, "--out", out.name], check=True)
         return json.loads(Path(out.name).read_text())
 
