@@ -86,6 +86,11 @@ def best_of_n(pool: str, run: Path, n: int, scorers: dict) -> dict:
         kept = select_best_of_n(trimmed, load_reward(f"{run / 'model'}?{query}"), n)
         chosen = [k["best_of_n"]["chosen"][0] for k in kept]
         out[label] = {name: statistics.fmean(values[i][c] for i, c in enumerate(chosen)) for name, values in gold.items()}
+        # the gain over a random pick, per prompt: kept value − the prompt's pool mean; mean ± standard error
+        for name, values in gold.items():
+            gains = [values[i][c] - statistics.fmean(values[i]) for i, c in enumerate(chosen)]
+            out[label][f"{name}_gain"] = statistics.fmean(gains)
+            out[label][f"{name}_gain_se"] = statistics.stdev(gains) / math.sqrt(len(gains))
         out[label]["_chosen"] = chosen
     for name in scorers:  # the oracle: best-of-n by the scorer itself (what a perfect reward model would pick)
         picks = [max(range(n), key=lambda j, row=row: row[j]) for row in gold[name]]
@@ -115,7 +120,9 @@ def main() -> None:
     print(f"\nbest-of-{args.n} on {result['best_of_n']['_prompts']} held-out prompts | quality | relevance | safety")
     for label, m in result["best_of_n"].items():
         if not label.startswith("_"):
-            print(f"{label} | {m['quality']:.4f} | {m['relevance']:.4f} | {m['safety']:.4f}")
+            cells = [f"{m[a]:.4f}" + (f" ({m[a + '_gain']:+.4f} ± {m[a + '_gain_se']:.4f})" if a + "_gain" in m else "")
+                     for a in ("quality", "relevance", "safety")]
+            print(f"{label} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tuneloop.data.scores import SCORE_FIELDS
 from tuneloop.data.split import EVAL_FRACTION, check_eval_fraction
 from tuneloop.models.bundled_encoder import BUNDLED_ENCODER
 from tuneloop.models.loading import AttnImplementation, ModelConfig
@@ -39,7 +38,6 @@ class RewardDataConfig:
 
     def __post_init__(self) -> None:
         check_eval_fraction(self.eval_fraction)
-        assert self.score_field in SCORE_FIELDS, f"data.score_field must be one of {SCORE_FIELDS}"
 
 
 @dataclass
