@@ -6,10 +6,12 @@ Run (from the repository root):
     HF_HUB_OFFLINE=1 python bench/rl_round_profile.py --rounds 2 --cprofile prof.out       # + cProfile
     HF_HUB_OFFLINE=1 python bench/rl_round_profile.py --model tiny-llama --rounds 2        # smoke run
     HF_HUB_OFFLINE=1 python bench/rl_round_profile.py --compare-generation 2   # sampling: generic vs engine
+    HF_HUB_OFFLINE=1 python bench/rl_round_profile.py --preset grpo --k 4 --micro-batch 4   # GRPO, 2 × K = 4
 
 The workload is docs/rl.md's "Measured" PPO case: 2 prompts × K = 1 per round, 24 new tokens at most,
 temperature 0.7, 4 epochs × 2 mini-batches of micro-batch 1 (the PPO defaults otherwise), critic
-initialised from the policy with its own LoRA adapter. Printed per round:
+initialised from the policy with its own LoRA adapter; ``--preset``, ``--prompts``, ``--k`` and
+``--micro-batch`` change it (e.g. GRPO's groups). Printed per round:
 
 - the loop's own ``timing/*`` metrics read back from the run's ``metrics.jsonl`` (generate, score,
   experience, update, round);
@@ -89,16 +91,16 @@ def instrument() -> None:
     Accelerator.backward = backward
 
 
-def config(model: str, rounds: int, out_dir: str, max_new_tokens: int):
-    from tuneloop.generation import SamplingConfig
-    from tuneloop.models.loading import LoraConfig, ModelConfig
-    from tuneloop.runs import RunConfig
-    from tuneloop.train.rl_config import PPOConfig, RolloutConfig
+def config(model: str, rounds: int, out_dir: str, max_new_tokens: int, preset: str = "ppo", prompts: int = 2,
+           k: int = 1, micro_batch_size: int = 1):
+    from tuneloop.config import load_config
+    from tuneloop.train.rl_config import PRESETS
 
-    return PPOConfig(model=ModelConfig(name=model, lora=LoraConfig(enabled=True, r=8)), reward="vader",
-                     rollout=RolloutConfig(prompts_per_step=2, samples_per_prompt=1,
-                                           sampling=SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens)),
-                     micro_batch_size=1, steps=rounds, run=RunConfig(out_dir=out_dir, name="profile", seed=0))
+    return load_config(PRESETS[preset], overrides={
+        "model": {"name": model, "lora": {"enabled": True, "r": 8}}, "reward": "vader",
+        "rollout": {"prompts_per_step": prompts, "samples_per_prompt": k,
+                    "sampling": {"temperature": 0.7, "max_new_tokens": max_new_tokens}},
+        "micro_batch_size": micro_batch_size, "steps": rounds, "run": {"out_dir": out_dir, "name": "profile", "seed": 0}})
 
 
 def compare_generation(model_name: str, max_new_tokens: int, repeats: int) -> None:
@@ -129,6 +131,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--preset", default="ppo", choices=["ppo", "a2c", "grpo", "rloo"])
+    parser.add_argument("--prompts", type=int, default=2, help="prompts per round")
+    parser.add_argument("--k", type=int, default=1, help="samples per prompt")
+    parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--cprofile", help="write a cProfile of the whole run here and print its top 25")
     parser.add_argument("--json", help="write the per-round phases here")
     parser.add_argument("--compare-generation", type=int, default=0, metavar="N",
@@ -157,7 +163,8 @@ def main() -> None:
               + f"; {uptime()}", flush=True)
 
     with tempfile.TemporaryDirectory() as out_dir:
-        cfg = config(args.model, args.rounds, out_dir, args.max_new_tokens)
+        cfg = config(args.model, args.rounds, out_dir, args.max_new_tokens, args.preset, args.prompts, args.k,
+                     args.micro_batch)
         profiler = cProfile.Profile() if args.cprofile else None
         if profiler:
             profiler.enable()

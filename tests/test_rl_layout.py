@@ -107,3 +107,35 @@ def test_group_order_keeps_groups_together():
     assert (order - order[:, :1] == torch.arange(3)).all()
     assert torch.equal(group_order(5, 1, torch.Generator().manual_seed(1)),  # K = 1: a plain permutation
                        torch.randperm(5, generator=torch.Generator().manual_seed(1)))
+
+
+def test_old_logps_from_the_update_forward_give_the_same_loss_and_gradient(tiny_name):
+    """GRPO's one-pass update without the experience step's old-policy forward (``old_logps_from_update``):
+    π_old taken from the update's own forward (detached) gives the loss, the gradient and the π_old of a
+    separate no-grad forward."""
+    import dataclasses
+
+    from tuneloop.config import load_config
+    from tuneloop.train.rl import old_logps_from_update
+    from tuneloop.train.rl_config import GRPOConfig, PPOConfig
+    from tuneloop.train.rl_update import _micro_losses
+
+    cfg = load_config(GRPOConfig, overrides={"model": {"name": tiny_name}})
+    assert old_logps_from_update(cfg) and not old_logps_from_update(load_config(PPOConfig))
+    model, _ = load_causal_lm(ModelConfig(name=tiny_name))
+    rollout = ragged_rollout()
+    with torch.no_grad():
+        separate = policy_logps(model, rollout, cfg.rollout.sampling.temperature)
+    g = torch.Generator().manual_seed(0)
+    rollout.loss_mask = rollout.response_mask
+    rollout.advantages = torch.randn(4, 1, generator=g).expand(4, 4) * rollout.response_mask
+    rollout.ref_logps = (separate - 0.1 * torch.rand(4, 4, generator=g)) * rollout.response_mask
+    results = []
+    for old in (separate, None):
+        model.zero_grad()
+        loss, _, _, used = _micro_losses(model, None, dataclasses.replace(rollout, old_logps=old), cfg, 0.04)
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]), used))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[1][2], separate, atol=1e-5, rtol=0)

@@ -201,19 +201,31 @@ def _score(s: _Session, cfg: RLConfig, rollout: Rollout, texts: list[str]) -> No
     rollout.raw_scores, rollout.scores = raw, scores
 
 
+def old_logps_from_update(cfg: RLConfig) -> bool:
+    """Whether the update's own forward gives π_old: one epoch of one mini-batch (every micro-batch's
+    forward runs before the only optimizer step, on the weights that sampled), the KL in the loss (the
+    advantages do not need π_old) and no filter that can skip the step. Then the experience step skips
+    its old-policy forward, as TRL's GRPO does; the KL metrics and the sampler guard follow the update."""
+    a = cfg.algo
+    return (a.epochs == 1 and a.mini_batches == 1 and a.kl_in == "loss" and not a.dynamic_sampling
+            and not a.overlong_filter)
+
+
 @torch.no_grad()
 def _experience(s: _Session, cfg: RLConfig, rollout: Rollout) -> dict[str, float]:
     """Steps 3–4: log-probs, values, KL-penalised rewards, advantages and the loss mask, into the rollout."""
     a, acc = cfg.algo, s.accelerator
     temperature = cfg.rollout.sampling.temperature
     on_device = rollout.to(acc.device)
-    rollout.old_logps = policy_logps(s.policy.model, on_device, temperature).cpu()
+    if not old_logps_from_update(cfg):
+        rollout.old_logps = policy_logps(s.policy.model, on_device, temperature).cpu()
     rollout.ref_logps = reference_logps(s.policy.model, s.reference, on_device, temperature).cpu()
     if s.critic is not None:
         rollout.values = critic_values(s.critic.model, on_device).cpu()
     mask = rollout.response_mask
-    kl, kl_metrics = kl_per_token(a.kl_estimator, rollout.old_logps, rollout.ref_logps, mask)
-    non_score = -s.kl.coef * kl if a.kl_in == "reward" else torch.zeros_like(kl)
+    non_score = torch.zeros_like(mask)
+    if a.kl_in == "reward":
+        non_score = -s.kl.coef * kl_per_token(a.kl_estimator, rollout.old_logps, rollout.ref_logps, mask)[0]
     keep = torch.ones(rollout.num_rows)
     if a.overlong_filter:
         keep = keep * rollout.ended.float()
@@ -228,19 +240,30 @@ def _experience(s: _Session, cfg: RLConfig, rollout: Rollout) -> dict[str, float
         if moments[2] >= 2:
             advantages = masked_whiten(advantages, rollout.loss_mask, moments)
     rollout.advantages, rollout.returns = advantages, returns
-    used = (kl * mask).sum(-1)
-    per_row = {"objective/kl": used, "objective/entropy": -(rollout.sampling_logps * mask).sum(-1),
+    per_row = {"objective/entropy": -(rollout.sampling_logps * mask).sum(-1),
                "objective/scores": rollout.scores, "objective/raw_scores": rollout.raw_scores,
                "objective/non_score_reward": (non_score * mask).sum(-1),
                "objective/rlhf_reward": rollout.scores + (non_score * mask).sum(-1),
                "completions/mean_length": mask.sum(-1), "completions/clipped_ratio": (~rollout.ended).float(),
                "filtered/kept_fraction": keep}
-    batch_level = {**kl_metrics, **adv_metrics, **sampler_guard(rollout)}  # one value per process: each row holds it
-    per_row.update({k: torch.full((rollout.num_rows,), v) for k, v in batch_level.items()})
+    per_row.update({k: torch.full((rollout.num_rows,), v) for k, v in adv_metrics.items()})  # one per process
     metrics = _global_means(per_row, acc)
     if rollout.values is not None:
         metrics["val/vf_explained_var"] = explained_variance(rollout.values, returns, mask)
+    if rollout.old_logps is not None:
+        metrics.update(_old_policy_metrics(s, cfg, rollout))
     return metrics
+
+
+def _old_policy_metrics(s: _Session, cfg: RLConfig, rollout: Rollout) -> dict[str, float]:
+    """The KL to the reference (the configured estimator and k1/k2/k3) and the sampler/trainer guard, from
+    π_old: after the experience step, or after the update when it computed π_old."""
+    mask = rollout.response_mask
+    kl, kl_metrics = kl_per_token(cfg.algo.kl_estimator, rollout.old_logps, rollout.ref_logps, mask)
+    per_row = {"objective/kl": (kl * mask).sum(-1)}
+    batch_level = {**kl_metrics, **sampler_guard(rollout)}  # one value per process: each row holds it
+    per_row.update({k: torch.full((rollout.num_rows,), v) for k, v in batch_level.items()})
+    return _global_means(per_row, s.accelerator)
 
 
 def _write_samples(run: RunDir, round_done: int, s: _Session, rollout: Rollout, texts: list[str]) -> None:
@@ -291,6 +314,8 @@ def train(cfg: RLConfig, resume_dir: str | Path | None = None,
         # 5. update
         metrics.update(update_on_rollout(s.policy, s.critic, rollout, cfg, plan, s.kl.coef, acc, cfg.run.seed,
                                          round_index))
+        if old_logps_from_update(cfg):  # the update filled π_old in
+            metrics.update(_old_policy_metrics(s, cfg, rollout))
         t4 = time.time()
         # 6. log, adapt β, checkpoint
         loop.state.plain["episodes"] += plan.episodes

@@ -45,11 +45,14 @@ class Trainee:
 
 
 def _micro_losses(policy, critic, mb: Rollout, cfg: RLConfig, kl_coef: float
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
-    """(policy loss sum, value loss sum or None, token-mean metrics) of one micro-batch."""
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float], torch.Tensor]:
+    """(policy loss sum, value loss sum or None, token-mean metrics, π_old (B, A)) of one micro-batch.
+    Without ``mb.old_logps`` (see ``rl.old_logps_from_update``) π_old is this forward's, detached."""
     a = cfg.algo
     mask = mb.loss_mask
     logps = policy_logps(policy, mb, cfg.rollout.sampling.temperature)
+    if mb.old_logps is None:
+        mb.old_logps = logps.detach()
     inputs = PolicyLossInputs(logps, mb.old_logps, mb.advantages, mask)
     params = PolicyLossParams(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip)
     loss, metrics = policy_loss(a.policy_loss, inputs, params)
@@ -67,7 +70,7 @@ def _micro_losses(policy, critic, mb: Rollout, cfg: RLConfig, kl_coef: float
         v_loss, v_metrics = value_loss(values, mb.values, mb.returns, mask, a.value_clip)
         value_sum, _ = aggregate_loss(v_loss, mask, "token_mean")
         metrics.update({k: v for k, v in v_metrics.items() if k != "tokens"})
-    return policy_sum, value_sum, metrics
+    return policy_sum, value_sum, metrics, mb.old_logps
 
 
 def _units(mb: Rollout, cfg: RLConfig) -> tuple[float, float]:
@@ -79,9 +82,14 @@ def _units(mb: Rollout, cfg: RLConfig) -> tuple[float, float]:
 
 def update_on_rollout(policy: Trainee, critic: Trainee | None, rollout: Rollout, cfg: RLConfig, plan: RLPlan,
                       kl_coef: float, accelerator, seed: int, round_index: int) -> dict[str, float]:
-    """Run E epochs × M mini-batches of optimizer steps; returns the round's update metrics."""
+    """Run E epochs × M mini-batches of optimizer steps; returns the round's update metrics. A rollout
+    without π_old gets it from the micro-batches' forwards (one epoch of one mini-batch only)."""
     device, world = accelerator.device, accelerator.num_processes
     rows = rollout.num_rows
+    old_from_forward = rollout.old_logps is None
+    assert not old_from_forward or plan.epochs == plan.mini_batches == 1, (
+        f"π_old from the update's forward needs 1 epoch × 1 mini-batch, got {plan.epochs} × {plan.mini_batches}")
+    old_logps = torch.zeros_like(rollout.response_mask)
     sums: dict[str, float] = {}
     extremes: dict[str, list[float]] = {k: [] for k in EXTREMES}
     losses = {"loss/policy_avg": 0.0, "loss/value_avg": 0.0}
@@ -91,7 +99,8 @@ def update_on_rollout(policy: Trainee, critic: Trainee | None, rollout: Rollout,
         g = torch.Generator().manual_seed((seed * 1_000_003 + round_index) * 1_000_003 + epoch)
         order = group_order(rows, rollout.group_size, g)  # the same on every process: rows are local, order is not
         for mini in order.chunk(plan.mini_batches):
-            micro = [rollout.rows(idx).to(device) for idx in mini.split(plan.micro_batch_size)]
+            pieces = mini.split(plan.micro_batch_size)
+            micro = [rollout.rows(idx).to(device) for idx in pieces]
             local = torch.tensor([sum(_units(mb, cfg)[i] for mb in micro) for i in (0, 1)], dtype=torch.float64,
                                  device=device)
             global_units, global_tokens = accelerator.reduce(local, reduction="sum").tolist()
@@ -103,8 +112,9 @@ def update_on_rollout(policy: Trainee, critic: Trainee | None, rollout: Rollout,
                     if i < len(micro) - 1:
                         for m in models:
                             stack.enter_context(accelerator.no_sync(m))
-                    p_sum, v_sum, metrics = _micro_losses(policy.model, critic.model if critic else None, mb, cfg,
-                                                          kl_coef)
+                    p_sum, v_sum, metrics, mb_old = _micro_losses(policy.model, critic.model if critic else None, mb,
+                                                                  cfg, kl_coef)
+                    old_logps[pieces[i]] = mb_old.cpu()
                     total = token_normalised(p_sum, global_units, world)
                     if v_sum is not None:
                         total = total + cfg.algo.vf_coef * token_normalised(v_sum, global_tokens, world)
@@ -128,6 +138,8 @@ def update_on_rollout(policy: Trainee, critic: Trainee | None, rollout: Rollout,
             if critic is not None:
                 optimizer_step(critic.model, critic.optimizer, critic.scheduler, accelerator, critic.max_grad_norm)
             steps += 1
+    if old_from_forward:
+        rollout.old_logps = old_logps
     return _reduce_metrics(sums, extremes, losses, steps, accelerator, critic is not None, lr if steps else 0.0)
 
 
