@@ -2,11 +2,12 @@
 
 Run (from the repository root):
 
-    HF_HUB_OFFLINE=1 python bench/generation.py           # SmolLM2-135M, fp32 (14 min at 1 thread, loaded machine)
+    HF_HUB_OFFLINE=1 python bench/generation.py           # SmolLM2-135M, fp32, parts 1-2 (~4 min idle, 2 threads)
+    HF_HUB_OFFLINE=1 python bench/generation.py --demo-stage   # also part 3, the demo's sampling stage (+~3 min)
     HF_HUB_OFFLINE=1 python bench/generation.py --model tiny-llama --batches 1,8 --skip-sample   # smoke run
     python bench/generation.py --json results.json
 
-Two parts, each on the same model, prompts and settings for every backend, one after another:
+Parts, each on the same model, prompts and settings for every backend, one after another:
 
 1. ``tuneloop sample``'s workload (the issue's acceptance command): the first 16 bundled review prompts
    (``bundled:review-prompts``), K = 4 candidates each, 48 new tokens at most, batch 32, temperature 1,
@@ -20,13 +21,17 @@ Two parts, each on the same model, prompts and settings for every backend, one a
    tokens/s per backend, and the engine's share of the FLOP limit: model FLOPs per generated token
    (2 × the parameters of the matmuls, the output head included; attention over the cache is not
    counted) × tokens/s ÷ the measured fp32 matmul peak (best of ``torch.mm`` 2048² in this process).
-   ``flop_share`` counts the whole call (prefill included, which is not counted as work);
+   ``flop_share`` counts the whole call with generated tokens as the only work (the prefill of the
+   prompts, ~90 tokens each against 48 generated, is time without counted work);
    ``decode_flop_share`` the engine's decode steps alone (tokens they produced ÷ their time);
    ``task_flop_share`` counts the prompts' tokens as work too (each prompt once, whatever K: the same
    work for both backends, which transformers does K times) -- the model FLOPs utilisation of the task.
+3. (``--demo-stage``) the demo's ``sample`` stage settings (src/tuneloop/demo.yaml): 48 review prompts
+   × 4 candidates, ≤ 40 new tokens, T = 1, top-p 0.95, batch 16, through ``generate()`` with the
+   ``hf`` backend and with the engine.
 
-The machine's load changes everything on a shared 2-core CPU: ``uptime`` is printed before and after,
-and numbers measured under load are labelled as such in docs/perf/README.md.
+The machine's load changes everything on a shared 2-core CPU: the load average is printed with every
+row, and numbers measured under load are labelled as such in docs/perf/README.md.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def matmul_flops_per_token(model) -> int:
 
 @torch.no_grad()
 def transformers_generate(model, tokenizer, prompts, num_candidates: int, max_new_tokens: int, batch_size: int,
-                          forced: bool, seed: int = 0) -> int:
+                          forced: bool, top_p: float = 1.0, seed: int = 0) -> int:
     """The pre-engine code path: fixed chunks, transformers' own sampling; returns generated tokens."""
     from tuneloop.data.padding import pad_rows, padding_mask
     from tuneloop.generation import stop_token_ids
@@ -81,7 +86,7 @@ def transformers_generate(model, tokenizer, prompts, num_candidates: int, max_ne
         mask = padding_mask([len(prompts[i]) for i, _ in chunk], "left")
         width = ids.shape[1]
         torch.manual_seed(seed * 1_000_003 + chunk_index)
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=top_p, top_k=0,
                              max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if forced else None,
                              eos_token_id=stops, pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
         new = out.sequences[:, width:]
@@ -92,16 +97,17 @@ def transformers_generate(model, tokenizer, prompts, num_candidates: int, max_ne
 
 
 def run_backend(backend: str, model, tokenizer, prompts, num_candidates: int, max_new_tokens: int,
-                batch_size: int, forced: bool) -> dict:
+                batch_size: int, forced: bool, top_p: float = 1.0) -> dict:
     from tuneloop.generation import SamplingConfig, generate
     from tuneloop.generation.engine import EngineStats, generate_engine
 
     started = time.perf_counter()
     stats = None
     if backend == "transformers":
-        tokens = transformers_generate(model, tokenizer, prompts, num_candidates, max_new_tokens, batch_size, forced)
+        tokens = transformers_generate(model, tokenizer, prompts, num_candidates, max_new_tokens, batch_size, forced,
+                                       top_p)
     else:
-        cfg = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
+        cfg = SamplingConfig(temperature=1.0, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
                              batch_size=batch_size, backend=backend)
         if backend == "tuneloop":
             stats = EngineStats()
@@ -113,7 +119,8 @@ def run_backend(backend: str, model, tokenizer, prompts, num_candidates: int, ma
             result = generate(model, tokenizer, prompts, cfg, num_candidates, seed=0)
         tokens = sum(len(g.token_ids) for per in result for g in per)
     seconds = time.perf_counter() - started
-    out = {"backend": backend, "tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1)}
+    out = {"backend": backend, "tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1),
+           "load": round(os.getloadavg()[0], 1)}
     if stats is not None:
         out.update(prefill_s=round(stats.prefill_seconds, 2), decode_s=round(stats.decode_seconds, 2),
                    decode_steps=stats.decode_steps, mean_rows=round(stats.decoded_rows / max(stats.decode_steps, 1), 1),
@@ -125,6 +132,32 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def compare(name: str, rows: list[dict], limit: float, table: list[dict], task_tokens: int | None = None) -> dict:
+    """One table line from the rows of one workload (transformers or hf first, tuneloop last)."""
+    base, engine = rows[0], rows[-1]
+    line = {"workload": name, "base": base["backend"], "base_tok_s": base["tok_s"], "tok_s": engine["tok_s"],
+            "ratio": round(engine["tok_s"] / base["tok_s"], 2), "prefill_s": engine.get("prefill_s"),
+            "decode_s": engine.get("decode_s"), "flop_share": round(engine["tok_s"] / limit, 3),
+            "decode_flop_share": round(engine["decode_tok_s"] / limit, 3) if "decode_tok_s" in engine else None,
+            "load": engine["load"]}
+    if task_tokens is not None:
+        line["task_flop_share"] = round(task_tokens / engine["seconds"] / limit, 3)
+    table.append(line)
+    for row in rows:
+        print(f"   {name}: {row}", flush=True)
+    return line
+
+
+def print_table(table: list[dict], limit: float) -> None:
+    print(f"\n| workload | reference tok/s | tuneloop tok/s | ratio | tuneloop prefill s / decode s | share of the "
+          f"FLOP limit ({limit:.0f} tok/s): whole call / decode steps | load avg |")
+    print("|---|---|---|---|---|---|---|")
+    for line in table:
+        decode = f"{line['decode_flop_share']:.1%}" if line["decode_flop_share"] is not None else "-"
+        print(f"| {line['workload']} | {line['base_tok_s']} ({line['base']}) | {line['tok_s']} | {line['ratio']:.2f}× | "
+              f"{line['prefill_s']} / {line['decode_s']} | {line['flop_share']:.1%} / {decode} | {line['load']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -133,11 +166,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as configured)")
     parser.add_argument("--skip-sample", action="store_true", help="skip part 1 (the sample command's workload)")
     parser.add_argument("--skip-throughput", action="store_true", help="skip part 2 (forced-length throughput)")
+    parser.add_argument("--demo-stage", action="store_true", help="run part 3 (the demo's sampling stage, hf vs engine)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     model, tokenizer = load(args.model)
     report = {"model": args.model, "threads": torch.get_num_threads(), "uptime_before": uptime()}
     print(f"[bench] {args.model}, {torch.get_num_threads()} threads; {report['uptime_before']}")
@@ -147,38 +182,40 @@ def main() -> None:
     report.update(peak_gflops=round(peak["gflops"], 1), flops_per_token=flops, flop_limit_tok_s=round(limit, 1))
     print(f"[bench] fp32 matmul peak {peak['gflops']:.1f} GFLOP/s (median {peak['median_gflops']:.1f}); "
           f"{flops / 1e6:.1f} MFLOP per token → FLOP limit {limit:.0f} tok/s")
+    table: list[dict] = []
 
     if not args.skip_sample:
         prompts = review_prompts(tokenizer, 16)
         print(f"\n[bench] 1. sample workload: 16 prompts × 4 candidates, ≤ {args.max_new_tokens} new tokens, "
-              "batch 32, T=1, top-p 1, top-k 0, stop at EOS")
+              "batch 32, T=1, top-p 1, top-k 0, stop at EOS", flush=True)
         rows = [run_backend(b, model, tokenizer, prompts, 4, args.max_new_tokens, 32, forced=False)
                 for b in ("transformers", "hf", "tuneloop")]
-        for row in rows:
-            print(f"   {row}")
-        ratio = rows[2]["tok_s"] / rows[0]["tok_s"]
-        print(f"   tuneloop / transformers: {ratio:.2f}x tokens/s")
-        report["sample"] = {"rows": rows, "ratio": round(ratio, 2)}
+        report["sample"] = compare("`sample` 16 × 4, batch 32", rows, limit, table)
 
     if not args.skip_throughput:
         prompts = review_prompts(tokenizer, 64)
-        print(f"\n[bench] 2. throughput, every sequence forced to {args.max_new_tokens} new tokens")
+        print(f"\n[bench] 2. throughput, every sequence forced to {args.max_new_tokens} new tokens", flush=True)
         report["throughput"] = []
         cases = [(int(b), 1) for b in args.batches.split(",")] + [(32, 4)]
         for batch, candidates in cases:
             chosen = prompts[:max(1, batch // candidates)]
-            for backend in ("transformers", "tuneloop"):
-                row = run_backend(backend, model, tokenizer, chosen, candidates, args.max_new_tokens, batch, forced=True)
-                task_tokens = row["tokens"] + sum(len(p) for p in chosen)
-                row.update(batch=batch, candidates=candidates, flop_share=round(row["tok_s"] / limit, 3),
-                           task_flop_share=round(task_tokens / row["seconds"] / limit, 3))
-                if "decode_tok_s" in row:  # decode steps alone (prefill excluded)
-                    row["decode_flop_share"] = round(row["decode_tok_s"] / limit, 3)
-                report["throughput"].append(row)
-                print(f"   batch {batch:>2} K={candidates} {backend:>12}: {row['tok_s']:7.1f} tok/s, "
-                      f"{row['flop_share']:.1%} of the FLOP limit  {row}")
+            rows = [run_backend(backend, model, tokenizer, chosen, candidates, args.max_new_tokens, batch, forced=True)
+                    for backend in ("transformers", "tuneloop")]
+            task_tokens = rows[-1]["tokens"] + sum(len(p) for p in chosen)
+            name = f"forced {args.max_new_tokens}, batch {batch}" + (f", K = {candidates}" if candidates > 1 else "")
+            report["throughput"].append(compare(name, rows, limit, table, task_tokens))
+
+    if args.demo_stage:
+        prompts = review_prompts(tokenizer, 48)
+        print("\n[bench] 3. the demo's sample stage: 48 prompts × 4, ≤ 40 new tokens, T=1, top-p 0.95, batch 16",
+              flush=True)
+        rows = [run_backend(b, model, tokenizer, prompts, 4, 40, 16, forced=False, top_p=0.95) for b in ("hf", "tuneloop")]
+        report["demo_stage"] = compare("demo `sample` stage 48 × 4, batch 16", rows, limit, table)
+
     report["uptime_after"] = uptime()
-    print(f"\n[bench] {report['uptime_after']}")
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print_table(table, limit)
+    print(f"\n[bench] {report['seconds']:.0f} s; {report['uptime_after']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

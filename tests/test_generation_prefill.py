@@ -97,3 +97,26 @@ def test_engine_with_a_shared_system_prompt_is_exact(batch_size, tiny_model, tin
                                  temperature=0.9)
     for g, f in zip(gens, forced):
         torch.testing.assert_close(torch.tensor(g.logprobs), f, atol=1e-5, rtol=0)
+
+
+def test_a_prompt_prefilled_alone_reuses_the_kept_shared_prefix(tiny_model, tiny_tokenizer):
+    """Prompts 0 and 1 prefilled together keep their shared system prompt; prompt 2, admitted later
+    alone, copies it in and runs only its own tokens: the same logits and keys/values as transformers."""
+    prompts = _ids(tiny_tokenizer)
+    shared = common_prefix_length(prompts[:2])
+    forward, generic, fast = LlamaForward(tiny_model), _cache(tiny_model), _cache(tiny_model)
+    runs = []
+    run_tokens = forward._run_tokens
+    forward._run_tokens = lambda slots, targets, ids, cached, logits=True: (
+        runs.append(cached), run_tokens(slots, targets, ids, cached, logits))[1]
+    with torch.no_grad():
+        forward.prefill(fast, [0, 1], prompts[:2])
+        logits = forward.prefill(fast, [5], prompts[2:])
+        expected = GenericForward(tiny_model).prefill(generic, [5], prompts[2:])
+    assert runs == [[0], [shared, shared], [shared]], "prompt 2 must start from the kept prefix"
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    for layer in range(len(fast.keys)):
+        torch.testing.assert_close(fast.keys[layer][5, :, :len(prompts[2])],
+                                   generic.keys[layer][5, :, :len(prompts[2])], atol=1e-5, rtol=0)
+        torch.testing.assert_close(fast.values[layer][5, :, :len(prompts[2])],
+                                   generic.values[layer][5, :, :len(prompts[2])], atol=1e-5, rtol=0)

@@ -115,6 +115,9 @@ class LlamaForward(GenericForward):
         self.final_norm = inner.norm.weight
         self.head = model.lm_head.weight
         self.layers = layers
+        # The last shared prefix run (its tokens, keys and values (H_kv, c, D) per layer), reused by later
+        # prefills of this forward (one generate() call) whose prompts start with it.
+        self.kept_prefix: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """transformers' LlamaRMSNorm (statistics in fp32) as one fused op."""
@@ -171,13 +174,29 @@ class LlamaForward(GenericForward):
     def prefill(self, slots: SlotKVCache, targets: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Run ``prompts`` into slots ``targets`` (keys and values at positions 0..P_i-1); logits (n, V)
         after each prompt's last token. A prefix that every prompt shares (SHARED_PREFIX_MIN tokens or
-        more, e.g. a chat template's system prompt) is run once and copied into the other slots."""
+        more, e.g. a chat template's system prompt) is run once and copied into the other slots, and kept:
+        a later prefill whose prompts all start with it (a prompt admitted alone) copies it in as well."""
+        done = self._write_kept_prefix(slots, targets, prompts)
         shared = common_prefix_length(prompts)
-        if len(prompts) == 1 or shared < SHARED_PREFIX_MIN:
-            return self._run_tokens(slots, targets, prompts, [0] * len(prompts))
-        self._run_tokens(slots, targets[:1], [prompts[0][:shared]], [0], logits=False)
-        slots.copy([targets[0]] * (len(targets) - 1), targets[1:], shared)
-        return self._run_tokens(slots, targets, prompts, [shared] * len(prompts))
+        if not done and len(prompts) > 1 and shared >= SHARED_PREFIX_MIN:
+            self._run_tokens(slots, targets[:1], [prompts[0][:shared]], [0], logits=False)
+            slots.copy([targets[0]] * (len(targets) - 1), targets[1:], shared)
+            self.kept_prefix = (prompts[0][:shared], slots.read_prompt(targets[0], shared))
+            done = shared
+        return self._run_tokens(slots, targets, prompts, [done] * len(prompts))
+
+    def _write_kept_prefix(self, slots: SlotKVCache, targets: list[int], prompts: list[list[int]]) -> int:
+        """Positions written into every target from ``kept_prefix`` (the tokens all prompts share with it;
+        0 when they are fewer than SHARED_PREFIX_MIN)."""
+        if self.kept_prefix is None:
+            return 0
+        tokens, kv = self.kept_prefix
+        usable = common_prefix_length([*prompts, [*tokens, -1]])  # -1: never a token, keeps all of ``tokens``
+        if usable < SHARED_PREFIX_MIN:
+            return 0
+        for slot in targets:
+            slots.write_prompt(slot, [(k[:, :usable], v[:, :usable]) for k, v in kv])
+        return usable
 
     def _run_tokens(self, slots: SlotKVCache, targets: list[int], prompts: list[list[int]], cached: list[int],
                     logits: bool = True) -> torch.Tensor | None:
