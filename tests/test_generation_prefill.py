@@ -53,13 +53,16 @@ def test_cache_copy_takes_the_first_positions_of_each_source():
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-llama-128x4"])  # 1 KV head; 4 heads sharing 2 KV heads
-@pytest.mark.parametrize("shared_prefix_min", [16, 10_000])  # the shared system prompt run once; not shared
-def test_packed_prefill_equals_the_generic_prefill(name, shared_prefix_min, tiny_tokenizer, monkeypatch):
+# The shared system prompt run once, or not shared; all prompts in one packed forward, or one per forward.
+@pytest.mark.parametrize(("shared_prefix_min", "prefill_tokens"), [(16, 4096), (10_000, 4096), (16, 10), (10_000, 40)])
+def test_packed_prefill_equals_the_generic_prefill(name, shared_prefix_min, prefill_tokens, tiny_tokenizer,
+                                                   monkeypatch):
     """Three prompts of different lengths into slots 4, 1, 3 (not in order, not contiguous): the same
     last-position logits and the same keys/values at positions 0..P_i-1 as transformers' forward."""
     from tuneloop.models import ModelConfig, load_causal_lm
 
     monkeypatch.setattr(llama_decode, "SHARED_PREFIX_MIN", shared_prefix_min)
+    monkeypatch.setattr(llama_decode, "PREFILL_TOKENS", prefill_tokens)
     model, _ = load_causal_lm(ModelConfig(name=name), trainable=False)
     prompts = _ids(tiny_tokenizer)
     assert common_prefix_length(prompts) >= 16, "the prompts must share their system prompt"

@@ -183,7 +183,15 @@ class LlamaForward(GenericForward):
             slots.copy([targets[0]] * (len(targets) - 1), targets[1:], shared)
             self.kept_prefix = (prompts[0][:shared], slots.read_prompt(targets[0], shared))
             done = shared
-        return self._run_tokens(slots, targets, prompts, [done] * len(prompts))
+        # Packed batches of at most PREFILL_TOKENS new tokens (one prompt at least): activations stay small.
+        chunks, tokens = [[]], 0
+        for j, prompt in enumerate(prompts):
+            if chunks[-1] and tokens + len(prompt) - done > PREFILL_TOKENS:
+                chunks, tokens = [*chunks, []], 0
+            chunks[-1].append(j)
+            tokens += len(prompt) - done
+        return torch.cat([self._run_tokens(slots, [targets[i] for i in chunk], [prompts[i] for i in chunk],
+                                           [done] * len(chunk)) for chunk in chunks])
 
     def _write_kept_prefix(self, slots: SlotKVCache, targets: list[int], prompts: list[list[int]]) -> int:
         """Positions written into every target from ``kept_prefix`` (the tokens all prompts share with it;
@@ -236,6 +244,7 @@ class LlamaForward(GenericForward):
 
 
 SHARED_PREFIX_MIN = 16  # tokens a prefix shared by all prompts of a prefill needs before it is run once
+PREFILL_TOKENS = 4096  # new tokens per packed prefill forward at most (its activations: ~50 MB for SmolLM2)
 
 
 def common_prefix_length(prompts: list[list[int]]) -> int:
