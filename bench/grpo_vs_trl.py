@@ -46,14 +46,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ppo_vs_trl import (  # noqa: E402  (the shared plumbing of the two RL benches)
     TARGETS,
-    child,
-    episodes_per_s,
+    compare,
     forced_responses,
     load_base,
-    peak_rss_mb,
     perturb,
-    print_speed,
     prompt_set,
+    run_worker,
     trl_tokenizer,
 )
 
@@ -269,33 +267,16 @@ def run_trl(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        started = time.perf_counter()
-        result = {"agreement": run_agreement, "tuneloop": run_tuneloop, "trl": run_trl}[args.worker](args)
-        result.update(peak_rss_mb=peak_rss_mb(), wall_s=time.perf_counter() - started)
-        Path(args.out).write_text(json.dumps(result, default=str))
-        return 0
+        return run_worker(args, {"agreement": run_agreement, "tuneloop": run_tuneloop, "trl": run_trl})
     import trl
 
     episodes = args.prompts * args.k
     assert args.rounds >= 2 and episodes % args.micro_batch == 0
-    results = {"args": vars(args), "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()}
     print(f"GRPO bench: {args.model}, LoRA r={args.lora_r}, reward {args.reward}, {args.prompts} prompts × K={args.k} "
           f"= {episodes} episodes/round, {args.max_new_tokens} new tokens, micro-batch {args.micro_batch}; "
           f"load average {os.getloadavg()}", flush=True)
-    ok = True
-    if args.skip != "agreement":
-        agreement = results["agreement"] = child(args, "agreement", __file__)
-        ok = all(v["abs_diff"] <= 1e-5 for k, v in agreement.items() if k.startswith("loss"))
-    if args.skip != "speed":
-        for tool in ("tuneloop", "trl"):
-            results[tool] = child(args, tool, __file__)
-            results[tool]["episodes_per_s"] = episodes_per_s(episodes, args.rounds, results[tool]["round_ends"])
-    print_speed(results, f"GRPO, {args.model}", f"trl {trl.__version__}", args.rounds)
-    if "agreement" in results:
-        print(f"losses of steps 1 and 2 agree to 1e-5 on identical weights and rollouts: {'yes' if ok else 'NO'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return 0 if ok else 1
+    return compare(args, __file__, episodes, f"GRPO, {args.model}", f"trl {trl.__version__}",
+                   "losses of steps 1 and 2")
 
 
 if __name__ == "__main__":

@@ -416,34 +416,46 @@ def print_speed(results: dict, title: str, peer: str, rounds: int) -> None:
           f"end {tuple(round(x, 2) for x in results['load_avg_end'])}; torch threads {results['threads']}")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        started = time.perf_counter()
-        result = {"agreement": run_agreement, "tuneloop": run_tuneloop, "trl": run_trl}[args.worker](args)
-        result.update(peak_rss_mb=peak_rss_mb(), wall_s=time.perf_counter() - started)
-        Path(args.out).write_text(json.dumps(result, default=str))
-        return 0
-    assert args.rounds >= 2 and args.prompts % args.micro_batch == 0
-    ensure_trl(args.trl_dir)
+def run_worker(args, workers: dict) -> int:
+    """In a child process: run the worker named by ``--worker``, write its JSON (with its peak RSS) to ``--out``."""
+    started = time.perf_counter()
+    result = workers[args.worker](args)
+    result.update(peak_rss_mb=peak_rss_mb(), wall_s=time.perf_counter() - started)
+    Path(args.out).write_text(json.dumps(result, default=str))
+    return 0
+
+
+def compare(args, script: str, episodes: int, title: str, peer: str, agreed: str) -> int:
+    """In the parent: the agreement child, then one speed child per tool, the table; exit 1 if the losses
+    disagree by more than 1e-5."""
     results = {"args": vars(args), "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()}
-    print(f"PPO bench: {args.model}, LoRA r={args.lora_r}, reward {args.reward}, {args.prompts} episodes/round, "
-          f"{args.max_new_tokens} new tokens, {args.epochs} epochs × {args.mini_batches} mini-batches of micro "
-          f"{args.micro_batch}; load average {os.getloadavg()}", flush=True)
     ok = True
     if args.skip != "agreement":
-        agreement = results["agreement"] = child(args, "agreement")
-        ok = all(v["abs_diff"] <= 1e-5 for k, v in agreement.items() if k.startswith("loss/"))
+        agreement = results["agreement"] = child(args, "agreement", script)
+        ok = all(v["abs_diff"] <= 1e-5 for k, v in agreement.items() if k.startswith("loss"))
     if args.skip != "speed":
         for tool in ("tuneloop", "trl"):
-            results[tool] = child(args, tool)
-            results[tool]["episodes_per_s"] = episodes_per_s(args.prompts, args.rounds, results[tool]["round_ends"])
-    print_speed(results, f"PPO, {args.model}", f"trl {TRL_VERSION}", args.rounds)
+            results[tool] = child(args, tool, script)
+            results[tool]["episodes_per_s"] = episodes_per_s(episodes, args.rounds, results[tool]["round_ends"])
+    print_speed(results, title, peer, args.rounds)
     if "agreement" in results:
-        print(f"first-round losses agree to 1e-5 on identical weights and rollouts: {'yes' if ok else 'NO'}")
+        print(f"{agreed} agree to 1e-5 on identical weights and rollouts: {'yes' if ok else 'NO'}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return run_worker(args, {"agreement": run_agreement, "tuneloop": run_tuneloop, "trl": run_trl})
+    assert args.rounds >= 2 and args.prompts % args.micro_batch == 0
+    ensure_trl(args.trl_dir)
+    print(f"PPO bench: {args.model}, LoRA r={args.lora_r}, reward {args.reward}, {args.prompts} episodes/round, "
+          f"{args.max_new_tokens} new tokens, {args.epochs} epochs × {args.mini_batches} mini-batches of micro "
+          f"{args.micro_batch}; load average {os.getloadavg()}", flush=True)
+    return compare(args, __file__, args.prompts, f"PPO, {args.model}", f"trl {TRL_VERSION}",
+                   "first-round losses")
 
 
 if __name__ == "__main__":
