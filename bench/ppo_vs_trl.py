@@ -4,7 +4,7 @@ the first-step losses from identical weights on identical rollouts, in one run.
 Run (from the repository root; each workload under the heavy-job lock on a shared machine):
 
     flock /tmp/tuneloop-heavy.lock env HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \\
-        python bench/ppo_vs_trl.py --trl-dir /work/trl112                      # SmolLM2-135M + LoRA, ~5 min
+        python bench/ppo_vs_trl.py --trl-dir /work/trl112                      # SmolLM2-135M + LoRA
     HF_HUB_OFFLINE=1 python bench/ppo_vs_trl.py --model tiny-llama --trl-dir /work/trl112   # check, ~1 min
 
 trl 1.12.0 is the last release with PPO and conflicts with the trl in the environment, so it lives in its
@@ -21,7 +21,10 @@ review prompts rendered once by tuneloop's chat renderer; each tool visits each 
 ``--max-new-tokens``, episodes per round, 4 epochs × 2 mini-batches, micro-batch, learning rate for
 policy and critic (one optimizer in TRL), k1 KL in the reward (β 0.05), clip 0.2, value clip 0.2,
 vf_coef 0.1, γ 1, λ 0.95, advantage whitening, no gradient clipping (TRL's PPO loop does not clip),
-fp32 (``bf16=False``). TRL pads with ``<|endoftext|>``: with SmolLM2's pad = ``<|im_end|>`` its
+fp32 (``bf16=False``). Both tools run the same forward and backward passes (4 epochs × episodes /
+micro-batch, policy and critic each); trl 1.12 sizes its accumulation to the whole round
+(``gradient_accumulation_steps`` = episodes / micro-batch), so its optimizer steps once per epoch rather
+than once per mini-batch, an optimizer-only difference that costs nothing measurable with LoRA. TRL pads with ``<|endoftext|>``: with SmolLM2's pad = ``<|im_end|>`` its
 ``query_responses != pad`` masks would hide the chat template's own end-of-turn tokens.
 
 1. Agreement (one process; tuneloop, then TRL). Identical rollouts: both tools' samplers are replaced
@@ -39,7 +42,9 @@ fp32 (``bf16=False``). TRL pads with ``<|endoftext|>``: with SmolLM2's pad = ``<
 2. Speed (one child process per tool, so that each peak RSS is its own): ``--rounds`` rounds of real
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
-The machine's load average is printed: on a shared machine the ratio is "under load".
+The machine's load average is printed: on a shared machine the ratio is "under load". Size: 8 episodes
+per round took 39 min in all at load 6–11 (agreement 20, tuneloop 10.5, TRL 8.5); the default is 4,
+meant to fit in ~6 min on an idle machine (not timed idle yet).
 """
 
 from __future__ import annotations
@@ -72,12 +77,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--reward", default="vader", help="a tuneloop reward spec scoring the response text")
-    p.add_argument("--prompts", type=int, default=8, help="prompts (= episodes, K = 1) per round")
+    p.add_argument("--prompts", type=int, default=4, help="prompts (= episodes, K = 1) per round")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the speed runs (the first is not timed)")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--mini-batches", type=int, default=2)
-    p.add_argument("--micro-batch", type=int, default=4)
+    p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--agreement-lr", type=float, default=1e-3)
