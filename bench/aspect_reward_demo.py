@@ -22,8 +22,10 @@ Needs the label extra (better-profanity) for the safety scorer.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import random
 import statistics
 from pathlib import Path
 
@@ -54,8 +56,10 @@ def ceiling(db: str, scores: str, run: Path, scorers: dict) -> dict:
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    records = load_score_records(scores)
-    _, held = split_by_prompt(records, config["data"]["eval_fraction"], config["run"]["seed"])  # the run's split
+    if config["data"]["eval_scores"]:  # the run's held-out responses: its eval file, or its split of the scores
+        held = load_score_records(config["data"]["eval_scores"])
+    else:
+        _, held = split_by_prompt(load_score_records(scores), config["data"]["eval_fraction"], config["run"]["seed"])
     with opened(db, create=False) as store:
         alphas = {a["aspect"]: a["alpha_interval"] for a in quality_report(store)["aspects"]}
     out = {}
@@ -99,7 +103,52 @@ def best_of_n(pool: str, run: Path, n: int, scorers: dict) -> dict:
     return out
 
 
+def more_data_files(sft: str, sample_prompts: str, eval_prompts: str, out: Path, responses: int = 400,
+                    seed: int = 0) -> None:
+    """The "+ 400 more rated reviews" row: ``out/rt-candidates.jsonl`` holds the first 4 reviews of movies of
+    the SFT data that are neither sample nor eval prompts (movies shuffled with ``seed``) until ``responses``;
+    after the panel rated them (``out/rt-export``), ``merge_more_data`` writes the training and eval files."""
+    taken = {json.loads(line)["prompt"] for f in (sample_prompts, eval_prompts) for line in open(f) if line.strip()}
+    by_movie: dict[str, list[str]] = {}
+    for line in open(sft):
+        row = json.loads(line)
+        if row["prompt"] not in taken:
+            by_movie.setdefault(row["prompt"], []).append(row["completion"])
+    movies = [(p, c[:4]) for p, c in by_movie.items() if len(c) >= 2]
+    random.Random(seed).shuffle(movies)
+    rows, count = [], 0
+    for prompt, reviews in movies:
+        if count >= responses:
+            break
+        rows.append({"prompt_id": "rt-" + hashlib.sha1(prompt.encode()).hexdigest()[:12], "prompt": prompt,
+                     "messages": [{"role": "user", "content": prompt}], "completions": reviews,
+                     "provenance": {"model": "Rotten Tomatoes reviews (the demo's SFT data)"}})
+        count += len(reviews)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rt-candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def merge_more_data(scores: str, eval_fraction: float, seed: int, out: Path) -> None:
+    """``out/train-scores.jsonl`` (the rated reviews + the demo's training split) and ``out/eval-scores.jsonl``
+    (the demo's held-out split, the same 48 responses as the tuned run's)."""
+    lines = [line for line in Path(scores).read_text().splitlines(keepends=True) if line.strip()]
+    records = load_score_records(scores)
+    _, held = split_by_prompt(records, eval_fraction, seed)
+    held_sources = {r.source for r in held}
+    extra = [line for line in (out / "rt-export" / "scores.jsonl").read_text().splitlines(keepends=True) if line.strip()]
+    (out / "train-scores.jsonl").write_text("".join(extra + [x for r, x in zip(records, lines) if r.source not in held_sources]))
+    (out / "eval-scores.jsonl").write_text("".join(x for r, x in zip(records, lines) if r.source in held_sources))
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["more-data"]:  # more-data SFT SAMPLE_PROMPTS EVAL_PROMPTS OUT
+        more_data_files(*sys.argv[2:5], Path(sys.argv[5]))
+        return
+    if sys.argv[1:2] == ["merge-more-data"]:  # merge-more-data SCORES OUT (eval fraction 0.25, seed 0)
+        merge_more_data(sys.argv[2], 0.25, 0, Path(sys.argv[3]))
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--db", required=True)
     p.add_argument("--scores", required=True)
