@@ -181,6 +181,7 @@ def test_bad_aspect_configs_are_errors_naming_the_key(scores_file, tmp_path, cap
         (["--data.scores", scores_file, "--model.aspect_weights", '{"humour": 1}'], "'model.aspect_weights'"),
         (["--data.train", scores_file, "--data.aspects", '["quality"]'], "'data.aspects' applies to aspect scores"),
         (["--data.scores", scores_file, "--loss.pairwise_weight", "2"], "'loss.pairwise_weight'"),
+        (["--data.train", scores_file, "--loss.aspects", "ordinal"], "'loss.aspects' applies to aspect scores"),
         (["--data.scores", scores_file, "--loss.aspects", "ordinal", "--data.score_field", "adjusted"], "'loss.aspects'"),
         (["--data.scores", no_votes, "--loss.aspects", "ordinal"], f"{no_votes}:1: field 'votes.quality'"),
         (["--data.scores", scores_file, "--data.score_field", "adjusted"], "field 'adjusted': missing"),

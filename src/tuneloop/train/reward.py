@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from tuneloop.batches import ComparisonBatch
@@ -135,7 +136,9 @@ def _check_keys(cfg: RewardConfig) -> None:
         raise ConfigError("config key 'model.lora.save': a reward model folder always holds the merged weights "
                           "(every scorer loads it as is); use 'both' to keep the adapter too, in adapter/")
     unused = [key for key, value in (("data.eval_scores", d.eval_scores), ("data.aspects", d.aspects),
-                                     ("model.aspect_weights", cfg.model.aspect_weights)) if value]
+                                     ("model.aspect_weights", cfg.model.aspect_weights),
+                                     ("loss.aspects", cfg.loss.aspects != "regression"),
+                                     ("data.score_field", d.score_field != "scores")) if value]
     if not d.scores and unused:
         raise ConfigError(f"config key '{unused[0]}' applies to aspect scores; set data.scores or drop it")
     if cfg.loss.pairwise_weight != 1.0 and not (d.train and d.scores):
