@@ -2,8 +2,8 @@
 
 Run (from the repository root):
 
-    HF_HUB_OFFLINE=1 python bench/generation.py           # SmolLM2-135M, fp32, parts 1-2 (~4 min idle, 2 threads)
-    HF_HUB_OFFLINE=1 python bench/generation.py --demo-stage   # also part 3, the demo's sampling stage (+~3 min)
+    HF_HUB_OFFLINE=1 python bench/generation.py           # SmolLM2-135M, fp32, parts 1-2 (10 min at 1 thread, load 5-7)
+    HF_HUB_OFFLINE=1 python bench/generation.py --demo-stage   # also part 3, the demo's sampling stage
     HF_HUB_OFFLINE=1 python bench/generation.py --model tiny-llama --batches 1,8 --skip-sample   # smoke run
     python bench/generation.py --json results.json
 
