@@ -4,7 +4,8 @@
 is configuration (``SamplingConfig.backend``), the result type the same for all:
 
 - ``tuneloop`` (default, engine.py): pre-allocated KV cache, continuous batching, the K candidates of a
-  prompt share its prefill, logits at the last position only.
+  prompt share its prefill, admitted prompts prefilled together (packed, their shared prefix once, on the
+  Llama fast path), logits at the last position only.
 - ``hf`` (hf.py): transformers' ``generate()``, the reference.
 - ``vllm`` (vllm.py): vLLM on GPUs, an optional extra; ``model`` is then a ``VLLMEngine``.
 
