@@ -27,4 +27,18 @@ def test_demo_config_paths_are_overridable():
                        "--rollout.prompts", "/d/data/sample-prompts.jsonl", "--run.out_dir", "/out"])
     assert (cfg.model.name, cfg.reward, cfg.rollout.prompts, cfg.run.out_dir) == (
         "/d/sft/run/model", "/d/reward/run/model", "/d/data/sample-prompts.jsonl", "/out")
-    assert cfg.algo.epochs == 1 and cfg.algo.mini_batches == 2  # the file's, not the preset's 4 × 2
+    assert cfg.algo.epochs == 2 and cfg.algo.mini_batches == 1  # the file's, not the preset's 4 × 2
+
+
+def test_rl_eval_config_compares_every_preset_with_the_sft_policy_on_the_demo_eval_movies():
+    from tuneloop.evaluate.config import EvalConfig
+
+    cfg = load_config(EvalConfig, EXAMPLES / "eval-rl-demo.yaml")
+    assert [p.name for p in cfg.policies] == ["sft", "ppo", "grpo", "rloo", "a2c"]
+    assert cfg.reference == cfg.policies[0].model and cfg.gold == ["vader"]
+    # the RL runs sampled 40 tokens at T = 1 without top-p: the evaluation samples the same way
+    for preset in ("ppo", "a2c", "grpo", "rloo"):
+        rl = load_config(PRESETS[preset], EXAMPLES / f"{preset}-demo.yaml")
+        s, e = rl.rollout.sampling, cfg.sampling
+        assert (s.temperature, s.top_p, s.max_new_tokens) == (e.temperature, e.top_p, e.max_new_tokens)
+        assert f"runs/{rl.run.name}/model" in [p.model for p in cfg.policies]
