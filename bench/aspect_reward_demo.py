@@ -96,6 +96,12 @@ def best_of_n(pool: str, run: Path, n: int, scorers: dict) -> dict:
             out[label][f"{name}_gain"] = statistics.fmean(gains)
             out[label][f"{name}_gain_se"] = statistics.stdev(gains) / math.sqrt(len(gains))
         out[label]["_chosen"] = chosen
+    q, r = out["quality"]["_chosen"], out["relevance"]["_chosen"]  # the two opposite weightings, prompt by prompt
+    out["quality minus relevance weighting"] = {"_different_picks": sum(a != b for a, b in zip(q, r))}
+    for name, values in gold.items():
+        diffs = [values[i][q[i]] - values[i][r[i]] for i in range(len(records))]
+        out["quality minus relevance weighting"][name] = statistics.fmean(diffs)
+        out["quality minus relevance weighting"][f"{name}_se"] = statistics.stdev(diffs) / math.sqrt(len(diffs))
     for name in scorers:  # the oracle: best-of-n by the scorer itself (what a perfect reward model would pick)
         picks = [max(range(n), key=lambda j, row=row: row[j]) for row in gold[name]]
         out[f"oracle {name}"] = {a: statistics.fmean(gold[a][i][c] for i, c in enumerate(picks)) for a in scorers}
@@ -170,7 +176,7 @@ def main() -> None:
     for label, m in result["best_of_n"].items():
         if not label.startswith("_"):
             cells = [f"{m[a]:.4f}" + (f" ({m[a + '_gain']:+.4f} ± {m[a + '_gain_se']:.4f})" if a + "_gain" in m else "")
-                     for a in ("quality", "relevance", "safety")]
+                     + (f" ± {m[a + '_se']:.4f}" if a + "_se" in m else "") for a in ("quality", "relevance", "safety")]
             print(f"{label} | " + " | ".join(cells))
 
 
