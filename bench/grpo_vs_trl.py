@@ -4,8 +4,8 @@ ratios and the losses of the first two steps from identical weights on identical
 Run (from the repository root; each workload under the heavy-job lock on a shared machine):
 
     flock /tmp/tuneloop-heavy.lock env HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \\
-        python bench/grpo_vs_trl.py                                # SmolLM2-135M + LoRA, ~4 min
-    HF_HUB_OFFLINE=1 python bench/grpo_vs_trl.py --model tiny-llama     # check, ~1 min
+        python bench/grpo_vs_trl.py                                # SmolLM2-135M + LoRA, 6 min at load 6-7
+    HF_HUB_OFFLINE=1 python bench/grpo_vs_trl.py --model tiny-llama --perturb 0.2     # check, ~2 min
 
 Same for both tools: the policy (``--model`` in fp32, LoRA r = ``--lora-r``, α = 2r on q/k/v/o/gate/up/
 down), the reference (the base with the adapter disabled), the reward (``--reward``, VADER by default, a
@@ -26,7 +26,10 @@ One known difference: TRL adds 1e-4 to the group std, tuneloop 1e-6 (a relative 
    into TRL's adapter. Two
    rounds over the same ``--prompts`` prompts, the round in one micro-batch: step 1 at ratio 1 (its loss
    is the β·KL term plus −mean advantage, 0 per group), step 2 after one identical clipped Adam step.
-   The per-step losses must agree to 1e-5.
+   The per-step losses must agree to 1e-5. Measured (under load): the tiny model with ``--perturb 0.2``
+   agrees at both steps (4.5e-8, 1.5e-6 on losses of 2e-3); SmolLM2 with 0.02 agrees at step 1 (1.9e-8 on
+   1.3e-3) with equal gradient norms (0.6996 / 0.7000) but NOT at step 2 (0.0633 against 0.0655): after
+   one optimizer step from the same gradient the two tools' losses part; not explained yet (open).
 2. Speed (one child process per tool, so that each peak RSS is its own): ``--rounds`` rounds of real
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
@@ -70,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--agreement-lr", type=float, default=1e-3)
-    p.add_argument("--perturb", type=float, default=0.2, help="std of the agreement's LoRA B entries")
+    p.add_argument("--perturb", type=float, default=0.02, help="std of the agreement's LoRA B entries")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", choices=["none", "agreement", "speed"], default="none")
     p.add_argument("--json", default=None, help="write the results here")
