@@ -28,8 +28,10 @@ One known difference: TRL adds 1e-4 to the group std, tuneloop 1e-6 (a relative 
    is the β·KL term plus −mean advantage, 0 per group), step 2 after one identical clipped Adam step.
    The per-step losses must agree to 1e-5. Measured (under load): the tiny model with ``--perturb 0.2``
    agrees at both steps (4.5e-8, 1.5e-6 on losses of 2e-3); SmolLM2 with 0.02 agrees at step 1 (1.9e-8 on
-   1.3e-3) with equal gradient norms (0.6996 / 0.7000) but NOT at step 2 (0.0633 against 0.0655): after
-   one optimizer step from the same gradient the two tools' losses part; not explained yet (open).
+   1.3e-3) but NOT at step 2 (0.0633 against 0.0655). The step-1 gradient norms already differ (tuneloop
+   0.6995, TRL's log 0.7000) while the losses agree: the gap is in the gradient of a term whose value is
+   ~0 (the policy term at ratio 1), not in the optimizer (both torch's fused AdamW, same settings; giving
+   tuneloop TRL's 1e-4 std ε changed nothing). Not explained yet (open).
 2. Speed (one child process per tool, so that each peak RSS is its own): ``--rounds`` rounds of real
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
