@@ -43,8 +43,8 @@ than once per mini-batch, an optimizer-only difference that costs nothing measur
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
 The machine's load average is printed: on a shared machine the ratio is "under load". Size: 8 episodes
-per round took 39 min in all at load 6–11 (agreement 20, tuneloop 10.5, TRL 8.5); the default is 4,
-meant to fit in ~6 min on an idle machine (not timed idle yet).
+per round took 39 min in all at load 6–11 (agreement 20, tuneloop 10.5, TRL 8.5); the default of 4 took
+8 min at load 2–2.5 (1.10×, 0.91× the peak RSS; docs/perf/README.md); not timed idle yet.
 """
 
 from __future__ import annotations
