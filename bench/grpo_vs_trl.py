@@ -4,7 +4,7 @@ ratios and the losses of the first two steps from identical weights on identical
 Run (from the repository root; each workload under the heavy-job lock on a shared machine):
 
     flock /tmp/tuneloop-heavy.lock env HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \\
-        python bench/grpo_vs_trl.py                                # SmolLM2-135M + LoRA, 6 min at load 6-7
+        python bench/grpo_vs_trl.py                                # SmolLM2-135M + LoRA, 4 min at load 1.3-2
     HF_HUB_OFFLINE=1 python bench/grpo_vs_trl.py --model tiny-llama --perturb 0.2     # check, ~2 min
 
 Same for both tools: the policy (``--model`` in fp32, LoRA r = ``--lora-r``, α = 2r on q/k/v/o/gate/up/
