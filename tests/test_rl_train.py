@@ -105,8 +105,9 @@ def test_preset_runs_and_logs_what_users_look_for(tmp_path, preset):
         assert all(key in r for r in rows), f"{preset}: metric {key} missing"
     # The trainer scores the sampled tokens with the sampler's temperature: same log-probs up to fp32 noise.
     assert rows[0]["sampling/sampling_logp_difference/max"] < 1e-4
-    # Before any update the policy is the reference: KL exactly 0 in round 1.
-    assert rows[0]["objective/kl"] == 0.0 and rows[0]["kl/k3"] == 0.0
+    # Before any update the policy is the reference: KL 0 in round 1, up to the rounding of two forwards over
+    # differently laid-out batches (GRPO's one-pass config reads it from the update's own forward: 5.7e-14 seen).
+    assert abs(rows[0]["objective/kl"]) < 1e-9 and abs(rows[0]["kl/k3"]) < 1e-9
     assert rows[0]["episodes"] == 4 and rows[1]["episodes"] == 8
     if preset == "a2c":
         assert all(r["policy/clipfrac_avg"] == 0.0 and r["optimizer_steps"] == 1 for r in rows)

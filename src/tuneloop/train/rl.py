@@ -120,7 +120,7 @@ def _reward_spec(cfg: RLConfig):
                           "file.py:function, an http(s) URL, or a {spec: weight} mapping")
     specs = cfg.reward if isinstance(cfg.reward, dict) else {cfg.reward: 1.0}
     for spec in specs:
-        if Path(spec).is_dir():
+        if Path(str(spec).partition("?")[0]).is_dir():  # a folder, or a multi-aspect folder?weights=… spec
             check_reward_model(spec, allow_weak=cfg.allow_weak_reward_model)
     return list(specs.items()) if isinstance(cfg.reward, dict) else cfg.reward
 
