@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from generation_helpers import assert_sampled_logprobs_are_teacher_forced
 from tuneloop.data.chat import render_prompt
 from tuneloop.generation import SamplingConfig, generate
 from tuneloop.models.logprobs import answer_logprobs
@@ -60,13 +61,7 @@ def test_sampled_logprobs_equal_teacher_forced_logprobs(sharp_model, tiny_tokeni
     cfg = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=12, batch_size=4,
                          backend=backend)
     results = generate(sharp_model, tiny_tokenizer, _ids(tiny_tokenizer), cfg, num_candidates=2, seed=1)
-    pairs = [(g.prompt_ids, g.token_ids) for per_prompt in results for g in per_prompt]
-    with torch.no_grad():
-        forced = answer_logprobs(sharp_model, pairs, tiny_tokenizer.pad_token_id, temperature=temperature or 1.0)
-    sampled = [torch.tensor(g.logprobs) for per_prompt in results for g in per_prompt]
-    assert [len(s) for s in sampled] == [len(f) for f in forced]
-    for s, f in zip(sampled, forced):
-        torch.testing.assert_close(s, f, atol=1e-5, rtol=0)
+    assert_sampled_logprobs_are_teacher_forced(sharp_model, tiny_tokenizer.pad_token_id, results, temperature or 1.0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

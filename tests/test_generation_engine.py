@@ -9,13 +9,13 @@ import torch
 
 from optimizer_steps import fused_adamw_step
 
+from generation_helpers import assert_sampled_logprobs_are_teacher_forced
 from tuneloop.data.chat import render_prompt
 from tuneloop.generation import SamplingConfig, generate
 from tuneloop.generation.engine import EngineStats, generate_engine
 from tuneloop.generation.forward import GenericForward
 from tuneloop.generation.kv import KVCacheTooLarge, plan_kv_cache
 from tuneloop.models.llama_decode import LlamaForward, supports_llama_fast_path
-from tuneloop.models.logprobs import answer_logprobs
 
 QUESTIONS = ["Tell me a joke", "What is the capital of a country that has a very long name?", "hi",
              "Do you like movies?", "Write a short review of a film about a dog and a detective."]
@@ -115,11 +115,7 @@ def test_a_lora_model_samples_with_its_adapter(tiny_model, tiny_tokenizer):
                 parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     assert not supports_llama_fast_path(model)
     results = generate(model, tiny_tokenizer, _ids(tiny_tokenizer), SamplingConfig(temperature=0.8, max_new_tokens=8))
-    pairs = [(g.prompt_ids, g.token_ids) for per in results for g in per]
-    with torch.no_grad():
-        forced = answer_logprobs(model, pairs, tiny_tokenizer.pad_token_id, temperature=0.8)
-    for g, f in zip([g for per in results for g in per], forced):
-        torch.testing.assert_close(torch.tensor(g.logprobs), f, atol=1e-5, rtol=0)
+    assert_sampled_logprobs_are_teacher_forced(model, tiny_tokenizer.pad_token_id, results, 0.8)
     assert model.training, "generate() restores the caller's train/eval mode"
 
 

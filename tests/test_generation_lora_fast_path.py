@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 
 from optimizer_steps import fused_adamw_step
+from generation_helpers import assert_sampled_logprobs_are_teacher_forced
 from tuneloop.data.chat import render_prompt
 from tuneloop.generation import SamplingConfig, generate
 from tuneloop.generation.engine import generate_engine, pick_forward
 from tuneloop.generation.forward import GenericForward
 from tuneloop.models.llama_decode import LlamaForward, supports_lora_fast_path
 from tuneloop.models.loading import LoraConfig, apply_lora
-from tuneloop.models.logprobs import answer_logprobs
 
 QUESTIONS = ["Tell me a joke", "What is the capital of a country that has a very long name?", "hi"]
 
@@ -47,12 +47,8 @@ def test_a_lora_llama_decodes_on_the_fast_path_like_the_generic_path(tiny_model,
     fast = _run(model, tiny_tokenizer)
     generic = _run(model, tiny_tokenizer, forward=GenericForward(model))
     assert _tokens(fast) == _tokens(generic)
-    gens = [g for per in fast for g in per]
-    with torch.no_grad():  # the sampler's log-probs are the trainer's (teacher forcing, adapter unmerged)
-        forced = answer_logprobs(model, [(g.prompt_ids, g.token_ids) for g in gens], tiny_tokenizer.pad_token_id,
-                                 temperature=0.8)
-    for g, f in zip(gens, forced):
-        torch.testing.assert_close(torch.tensor(g.logprobs), f, atol=1e-5, rtol=0)
+    # the sampler's log-probs are the trainer's (teacher forcing, adapter unmerged)
+    assert_sampled_logprobs_are_teacher_forced(model, tiny_tokenizer.pad_token_id, fast, 0.8)
 
 
 def test_the_adapter_is_in_the_samples_and_updates_are_followed(tiny_model, tiny_tokenizer):
@@ -75,9 +71,4 @@ def test_rl_sampling_through_generate_matches_teacher_forcing(tiny_model, tiny_t
     results = generate(model, tiny_tokenizer, _ids(tiny_tokenizer), SamplingConfig(temperature=0.7,
                                                                                    max_new_tokens=6),
                        2, seed=5, rank=0, log=lambda line: None)
-    gens = [g for per in results for g in per]
-    with torch.no_grad():
-        forced = answer_logprobs(model, [(g.prompt_ids, g.token_ids) for g in gens], tiny_tokenizer.pad_token_id,
-                                 temperature=0.7)
-    for g, f in zip(gens, forced):
-        torch.testing.assert_close(torch.tensor(g.logprobs), f, atol=1e-5, rtol=0)
+    assert_sampled_logprobs_are_teacher_forced(model, tiny_tokenizer.pad_token_id, results, 0.7)

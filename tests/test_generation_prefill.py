@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from generation_helpers import assert_sampled_logprobs_are_teacher_forced
 from tuneloop.data.chat import render_prompt
 from tuneloop.generation import SamplingConfig
 from tuneloop.generation.engine import generate_engine
@@ -15,7 +16,6 @@ from tuneloop.generation.forward import GenericForward
 from tuneloop.generation.kv import KVPlan, SlotKVCache, plan_kv_cache
 from tuneloop.models import llama_decode
 from tuneloop.models.llama_decode import LlamaForward, common_prefix_length
-from tuneloop.models.logprobs import answer_logprobs
 
 SYSTEM = "You are a film critic who writes short, honest reviews of every movie you are asked about, in English."
 QUESTIONS = ["Review Up.", "What do you think of a long film about a lighthouse keeper and his dog at sea?", "Jaws?"]
@@ -94,12 +94,7 @@ def test_engine_with_a_shared_system_prompt_is_exact(batch_size, tiny_model, tin
 
     fast, generic = run(LlamaForward(tiny_model)), run(GenericForward(tiny_model))
     assert [[g.token_ids for g in per] for per in fast] == [[g.token_ids for g in per] for per in generic]
-    gens = [g for per in fast for g in per]
-    with torch.no_grad():
-        forced = answer_logprobs(tiny_model, [(g.prompt_ids, g.token_ids) for g in gens], tiny_tokenizer.pad_token_id,
-                                 temperature=0.9)
-    for g, f in zip(gens, forced):
-        torch.testing.assert_close(torch.tensor(g.logprobs), f, atol=1e-5, rtol=0)
+    assert_sampled_logprobs_are_teacher_forced(tiny_model, tiny_tokenizer.pad_token_id, fast, 0.9)
 
 
 def test_a_prompt_prefilled_alone_reuses_the_kept_shared_prefix(tiny_model, tiny_tokenizer):
