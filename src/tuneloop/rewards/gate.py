@@ -22,8 +22,9 @@ def check_reward_model(path: str | Path, allow_weak: bool = False) -> RewardMode
     ``allow_weak``, print a warning and return it). A multi-aspect model records the accuracy of its
     default aspect combination on held-out pairs (judged, else implied by the scores)."""
     from tuneloop.models.reward import RewardModelInfo
+    from tuneloop.rewards.aspects import split_spec
 
-    path = str(path).partition("?")[0]  # a multi-aspect spec 'folder?weights=…' gates its folder
+    path = split_spec(str(path))[0]  # a multi-aspect spec 'folder?weights=…' gates its folder
     info = RewardModelInfo.load(path)
     problem = None
     if info.eval_accuracy is None or info.eval_pairs == 0:

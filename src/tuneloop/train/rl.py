@@ -114,13 +114,14 @@ class _Session:
 def _reward_spec(cfg: RLConfig):
     """The spec ``load_reward`` takes, after the reward-model gate on every folder it names."""
     from tuneloop.rewards import check_reward_model
+    from tuneloop.rewards.aspects import split_spec
 
     if not cfg.reward:
         raise ConfigError("reward: no reward given; set --reward to a reward-model folder, vader, module:function, "
                           "file.py:function, an http(s) URL, or a {spec: weight} mapping")
     specs = cfg.reward if isinstance(cfg.reward, dict) else {cfg.reward: 1.0}
     for spec in specs:
-        if Path(str(spec).partition("?")[0]).is_dir():  # a folder, or a multi-aspect folder?weights=… spec
+        if Path(split_spec(str(spec))[0]).is_dir():  # a folder, or a multi-aspect folder?weights=… spec
             check_reward_model(spec, allow_weak=cfg.allow_weak_reward_model)
     return list(specs.items()) if isinstance(cfg.reward, dict) else cfg.reward
 
