@@ -17,7 +17,7 @@ The stages are the shipped pipeline file ``tuneloop/demo.yaml`` (``tuneloop run`
 
 Task: write a short review of a movie described by a plot snippet, judged by how positive it is (the
 sentiment task of Ziegler et al. 2019, on an instruction-tuned model). ``--quick`` runs the same stages
-on a tiny random policy in about a minute (for CI). Finished stages are cached: running the demo again
+on a tiny random policy (what CI runs). Finished stages are cached: running the demo again
 in the same folder reruns nothing (``--fresh`` starts over).
 """
 
@@ -59,7 +59,7 @@ def run_demo(quick: bool, out_dir: str, fresh: bool = False, verbose: bool = Fal
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the loop on the bundled model and data, with an HTML report")
-    p.add_argument("--quick", action="store_true", help="a tiny policy, about a minute (for CI)")
+    p.add_argument("--quick", action="store_true", help="the same stages on a tiny random policy (what CI runs)")
     p.add_argument("--out-dir", default="runs", help="the demo goes into <out-dir>/demo (or demo-quick)")
     p.add_argument("--fresh", action="store_true", help="rerun every stage instead of reusing finished ones")
     p.add_argument("--verbose", action="store_true", help="show every stage's own output")
