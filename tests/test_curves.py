@@ -28,3 +28,23 @@ def test_curves_png_and_last_record_wins(tmp_path):
     out = plot_curves(metrics, tmp_path / "curves.png", [("loss", ["loss"]), ("absent", ["nothing"])], "t")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_curves(metrics, tmp_path / "none.png", [("absent", ["nothing"])], "t") is None
+
+
+def test_x_axis_names_the_logged_step(tmp_path, monkeypatch):
+    """RL logs once per rollout round (several optimizer steps): its curves' x-axis says so; the report
+    takes the unit from the stage kind."""
+    from matplotlib.axes import Axes
+
+    from tuneloop.commands.stages import STAGE_KINDS
+    from tuneloop.curves import ROUND_AXIS
+
+    labels: list[str] = []
+    original = Axes.set_xlabel
+    monkeypatch.setattr(Axes, "set_xlabel", lambda ax, text, *a, **k: (labels.append(text), original(ax, text, *a, **k))[1])
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "split": "train", "loss": 1.0}) + "\n" for s in (1, 2)))
+    plot_curves(metrics, tmp_path / "a.png", [("loss", ["loss"])], "t")
+    plot_curves(metrics, tmp_path / "b.png", [("loss", ["loss"])], "t", ROUND_AXIS)
+    assert labels == ["optimizer step", "rollout round"]
+    assert {STAGE_KINDS[k].step_unit for k in ("ppo", "a2c", "grpo", "rloo")} == {ROUND_AXIS}
+    assert STAGE_KINDS["sft"].step_unit == STAGE_KINDS["dpo"].step_unit == "optimizer step"

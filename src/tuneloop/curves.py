@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+ROUND_AXIS = "rollout round"  # RL logs once per round of rollout + update (several optimizer steps)
+
 
 def read_metrics(path: Path) -> dict[str, dict[int, dict]]:
     """split → step → the last record logged for that step."""
@@ -38,9 +40,10 @@ def smoothing_window(points: int) -> int:
 
 
 def plot_curves(metrics_path: Path, out_path: Path, panels: list[tuple[str, list[str]]],
-                title: str) -> Path | None:
+                title: str, x_label: str = "optimizer step") -> Path | None:
     """One subplot per (panel title, metric keys): train as lines (long runs: faint per-step values under
-    their trailing mean), eval as markers (None: nothing to plot)."""
+    their trailing mean), eval as markers (None: nothing to plot). ``x_label`` names what a logged step
+    is: an optimizer step, or a rollout round for RL (several optimizer steps per round)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +74,7 @@ def plot_curves(metrics_path: Path, out_path: Path, panels: list[tuple[str, list
                     ax.plot(steps, trailing_mean(list(values), window), label=f"{split} {key} (mean of {window})",
                             **style)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel(x_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(present):]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.atomic import atomic_write_jsonl
+from tuneloop.curves import ROUND_AXIS
 
 
 def _percent(value: Any) -> str:
@@ -34,6 +35,7 @@ class StageKind:
     run: Callable[[Any, dict], tuple[dict, dict]]
     headline: Callable[[dict], str] = lambda summary: ""
     reads_all_stages: bool = False  # its key includes every earlier stage's key (the report)
+    step_unit: str = "optimizer step"  # what one logged step of its metrics.jsonl is (the curves' x-axis)
 
 
 def _import(path: str):
@@ -174,7 +176,8 @@ def _rl_line(s: dict) -> str:
 def _rl_kind(preset: str, description: str) -> StageKind:
     config_cls = {"ppo": "PPOConfig", "a2c": "A2CConfig", "grpo": "GRPOConfig", "rloo": "RLOOConfig"}[preset]
     return StageKind(description, ("model", "run"),
-                     config_stage(f"tuneloop.train.rl_config.{config_cls}", "tuneloop.train.rl.train"), _rl_line)
+                     config_stage(f"tuneloop.train.rl_config.{config_cls}", "tuneloop.train.rl.train"), _rl_line,
+                     step_unit=ROUND_AXIS)
 
 
 def _label_line(s: dict) -> str:

@@ -33,11 +33,11 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def training_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
+def training_curves(metrics_path: Path, out_path: Path, title: str, x_label: str) -> Path | None:
     """The run's curves as one PNG (None when it logged none of the known metrics)."""
     from tuneloop.curves import plot_curves
 
-    return plot_curves(metrics_path, out_path, CURVE_PANELS, title)
+    return plot_curves(metrics_path, out_path, CURVE_PANELS, title, x_label)
 
 
 def _series(result: dict) -> list[dict]:

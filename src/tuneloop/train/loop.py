@@ -206,7 +206,8 @@ def update(loop: Loop, model_name: str, micro_batches: Sequence, loss_sum_fn: Ca
 
 
 def finish(loop: Loop, final_eval: Callable[[], dict], save_model: Callable[[Path], None], summary: dict,
-           curve_panels: list[tuple[str, list[str]]] | None = None, curve_title: str = "") -> dict:
+           curve_panels: list[tuple[str, list[str]]] | None = None, curve_title: str = "",
+           curve_x_label: str = "optimizer step") -> dict:
     """The end of every stage, in one order: final evaluation and its log line (main process), the
     model folder written atomically (``save_model(tmp_folder)``), tracker close, ``curves.png``,
     ``summary.json`` (``summary`` + stage, steps, the plain counters, train_seconds (over the whole run,
@@ -220,7 +221,8 @@ def finish(loop: Loop, final_eval: Callable[[], dict], save_model: Callable[[Pat
             save_model(tmp)
     loop.tracker.close()
     if loop.is_main:
-        curves = plot_curves(loop.run.metrics, loop.run.path / "curves.png", curve_panels, curve_title) \
+        curves = plot_curves(loop.run.metrics, loop.run.path / "curves.png", curve_panels, curve_title,
+                             curve_x_label) \
             if curve_panels else None
         out = {"stage": summary["stage"], "steps": loop.plan.total_steps, **loop.state.plain,
                "train_seconds": train_seconds, **summary,

@@ -30,6 +30,7 @@ from tuneloop.atomic import jsonl_text
 from tuneloop.batches import Rollout
 from tuneloop.checkpoint import NamedState
 from tuneloop.config import ConfigError
+from tuneloop.curves import ROUND_AXIS
 from tuneloop.losses.rl_advantages import (
     AdvantageEstimator,
     AdvantageInputs,
@@ -336,5 +337,5 @@ def train(cfg: RLConfig, resume_dir: str | Path | None = None,
     summary = finish(loop, dict, lambda folder: save_model(unwrapped, s.tokenizer, folder, cfg.model.lora),
                      {"stage": stage_name(cfg), "plan": plan.describe(), "final": metrics,
                       "episodes_per_s": loop.per_second("episodes")},
-                     CURVE_PANELS, f"{loop.run.path.name}: {stage_name(cfg)}, {cfg.model.name}")
+                     CURVE_PANELS, f"{loop.run.path.name}: {stage_name(cfg)}, {cfg.model.name}", ROUND_AXIS)
     return RLResult(loop.run.path, loop.run.model, summary)
