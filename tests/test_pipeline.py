@@ -123,6 +123,7 @@ def test_variables_profiles_and_sets(tmp_path):
     ({"a": {"uses": "write", "with": {"text": "x"}, "when": "yes"}}, "must be true, false or"),
     ({"a": {"uses": "write", "with": {"text": "x"}, "when": False},
       "b": {"uses": "write", "with": {"text": "${a.text}"}}}, "stage 'a' is switched off"),
+    ({"a": {"uses": "write", "config": "missing.yaml"}}, "config file .*missing.yaml does not exist"),
 ])
 def test_bad_pipeline_files_name_the_stage(tmp_path, stages, message):
     with pytest.raises(PipelineError, match=message) as err:
@@ -148,6 +149,20 @@ def test_when_switches_a_stage_and_list_items_off_and_on(tmp_path):
         assert "when" not in seen[-1]["items"][0]
     finally:
         del stage_kinds.STAGE_KINDS["collect"]
+
+
+def test_a_stage_config_file_is_the_base_of_its_with(tmp_path):
+    """``config: base.yaml`` (next to the pipeline file): its keys, with ``with``'s replacing them section by
+    section; editing the file re-runs the stage (the merged config is its key)."""
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"text": "base", "source": "${a.text}"}))
+    path = _pipeline(tmp_path, {"a": {"uses": "write", "with": {"text": "A"}},
+                                "b": {"uses": "write", "config": "base.yaml", "with": {"text": "B"}}})
+    _run(path)
+    assert (tmp_path / "out/b/out.txt").read_text() == "BA"
+    CALLS.clear()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"text": "base"}))
+    _run(path)
+    assert CALLS == ["b"] and (tmp_path / "out/b/out.txt").read_text() == "B"
 
 
 def test_cli_run_twice(tmp_path, capsys):
@@ -181,6 +196,8 @@ def test_shipped_pipelines_and_example_configs_load():
         policies = [p["name"] for p in next(s for s in demo.stages if s.name == "eval").config["policies"]]
         assert policies == ["sft"] + ["dpo"] * dpo + ["ppo"]
     assert load_pipeline(examples / "pipeline-small.yaml", profile="quick").variables["base"] == "tiny-llama"
+    task = load_pipeline(examples / "rl-task.yaml")
+    assert [s.name for s in task.stages] == ["data", "sft", "sample", "label", "reward", "ppo", "eval", "report"]
     for name, cls in (("sft-reviews", SFTConfig), ("reward-demo", RewardConfig), ("dpo-demo", DPOConfig),
                       ("eval-demo", EvalConfig)):
         load_config(cls, examples / f"{name}.yaml")

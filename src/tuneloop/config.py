@@ -311,13 +311,13 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update`` over ``base``; sections merge key by key, any other value (a whole mapping given as one
     command-line value included) replaces what was there."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_mappings(out[key], value)
         else:
             out[key] = value
     return out
@@ -344,7 +344,7 @@ def load_config(cls: type, yaml_path: str | Path | None = None, overrides: list[
     if yaml_path is not None:
         data = read_yaml_mapping(yaml_path, "config", "a mapping of config sections", ConfigError)
     if overrides:
-        data = _merge(data, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+        data = merge_mappings(data, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     return _build(cls, data)
 
 

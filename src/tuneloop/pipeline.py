@@ -18,6 +18,10 @@ A pipeline file::
 ``${vars.x}`` is a variable, ``${stage.output}`` an output of an earlier stage (``tuneloop run --list``
 shows each kind's outputs); a value that is only a reference keeps its type (numbers, booleans).
 
+A stage's ``config: file.yaml`` (relative to the pipeline file) is a config file of that stage's command as
+the base of its ``with`` (``with``'s keys win): a shipped example config runs as a stage unchanged but for
+its inputs.
+
 Optional parts. ``when: "${vars.dpo}"`` (a boolean, or a variable holding one) on a stage switches it
 off when false; on a mapping inside a list of a stage's ``with`` (e.g. one of eval's policies) it
 leaves that item out when false. ``when`` is removed before the stage sees its config. A stage that
@@ -139,20 +143,34 @@ def load_pipeline(path: str | Path, profile: str | None = None, overrides: dict 
         where = f"{path}: stage {name!r}"
         if not isinstance(body, dict) or "uses" not in body:
             raise PipelineError(f"{where}: needs 'uses' (one of {', '.join(sorted(STAGE_KINDS))})")
-        extra = sorted(set(body) - {"uses", "with", "inputs", "when"})
+        extra = sorted(set(body) - {"uses", "config", "with", "inputs", "when"})
         if extra:
-            raise PipelineError(f"{where}: unknown key {extra[0]!r}; known: uses, with, inputs, when")
+            raise PipelineError(f"{where}: unknown key {extra[0]!r}; known: uses, config, with, inputs, when")
         if body["uses"] not in STAGE_KINDS:
             raise PipelineError(f"{where}: unknown stage kind {body['uses']!r}; known: {', '.join(sorted(STAGE_KINDS))}")
         if not _switch(body.get("when", True), variables, f"{where}: when"):
             switched_off.append(str(name))
             continue
-        config = _drop_switched_off(body.get("with") or {}, variables, where)
+        config = _drop_switched_off(_with_base_config(body, path, where), variables, where)
         stage = Stage(str(name), body["uses"], config, list(body.get("inputs") or []))
         _check_references(stage, stages, variables, where, switched_off)
         stages.append(stage)
     out = Path(out_dir) if out_dir is not None else Path(data.get("out_dir") or f"runs/{data.get('name', path.stem)}")
     return Pipeline(path, str(data.get("name", path.stem)), out, variables, stages)
+
+
+def _with_base_config(body: dict, path: Path, where: str) -> dict:
+    """The stage's ``with`` over the mapping of its ``config`` file (relative to the pipeline file), if any:
+    the stage then runs exactly that config file with ``with``'s keys replaced (its key hashes the merge)."""
+    with_ = body.get("with") or {}
+    if "config" not in body:
+        return with_
+    from tuneloop.config import merge_mappings
+
+    base_path = path.parent / str(body["config"])
+    if not base_path.is_file():
+        raise PipelineError(f"{where}: config file {base_path} does not exist")
+    return merge_mappings(read_yaml_mapping(base_path, "config", "a mapping of config sections", PipelineError), with_)
 
 
 def _switch(value: Any, variables: dict, where: str) -> bool:

@@ -68,8 +68,9 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 def demo_data(context, config: dict) -> tuple[dict, dict]:
     """The demo's files from the bundled Rotten Tomatoes snippets: SFT examples of the movies not held out,
-    the prompts to sample candidates for (the first ``sample_prompts`` held-out movies) and the eval prompts
-    (the other held-out movies, never seen by any stage)."""
+    the prompts to sample candidates for (the first ``sample_prompts`` held-out movies), the eval prompts
+    (the other held-out movies, never seen by any stage) and the train prompts (every movie but the eval
+    ones, one prompt each: the SFT movies, then the sampling movies), for a larger panel and for RL."""
     from tuneloop.data.bundled import review_examples, review_prompts
 
     unknown = set(config) - {"held_out", "sample_prompts"}
@@ -81,10 +82,12 @@ def demo_data(context, config: dict) -> tuple[dict, dict]:
         raise ValueError(f"demo-data: sample_prompts must lie in 1..{len(held_out) - 1}, got {sample_count}")
     excluded = set(held_out)
     sft_rows = [{"prompt": p, "completion": c} for p, c in review_examples() if p not in excluded]
+    train_prompts = list(dict.fromkeys(row["prompt"] for row in sft_rows)) + held_out[:sample_count]
     folder = context.folder
     outputs = {"sft_train": _jsonl(folder / "sft-train.jsonl", sft_rows),
                "sample_prompts": _jsonl(folder / "sample-prompts.jsonl", [{"prompt": p} for p in held_out[:sample_count]]),
-               "eval_prompts": _jsonl(folder / "eval-prompts.jsonl", [{"prompt": p} for p in held_out[sample_count:]])}
+               "eval_prompts": _jsonl(folder / "eval-prompts.jsonl", [{"prompt": p} for p in held_out[sample_count:]]),
+               "train_prompts": _jsonl(folder / "train-prompts.jsonl", [{"prompt": p} for p in train_prompts])}
     return outputs, {"sft_examples": len(sft_rows), "sample_prompts": sample_count,
                      "eval_prompts": held_out_count - sample_count}
 
@@ -193,7 +196,8 @@ def _eval_line(s: dict) -> str:
 
 
 STAGE_KINDS: dict[str, StageKind] = {
-    "demo-data": StageKind("the demo's SFT examples and held-out prompts", ("sft_train", "sample_prompts", "eval_prompts"),
+    "demo-data": StageKind("the demo's SFT examples and held-out prompts",
+                           ("sft_train", "sample_prompts", "eval_prompts", "train_prompts"),
                            demo_data, lambda s: f"{s['sft_examples']} SFT examples, {s['sample_prompts']} + "
                                                 f"{s['eval_prompts']} held-out movies"),
     "sft": StageKind("supervised fine-tuning", ("model", "run"),

@@ -51,7 +51,7 @@ def _flag_overrides(args) -> dict:
 
 
 def _run(args, extra: list[str]) -> int:
-    from tuneloop.config import _merge, describe, load_config, parse_overrides
+    from tuneloop.config import describe, load_config, merge_mappings, parse_overrides
     from tuneloop.evaluate.config import EvalConfig
     from tuneloop.evaluate.runner import evaluate
 
@@ -59,6 +59,6 @@ def _run(args, extra: list[str]) -> int:
         for key, tp, default, doc in describe(EvalConfig):
             print(f"--{key}  ({tp}, default {default})\n      {doc}")
         return 0
-    overrides = _merge(_flag_overrides(args), parse_overrides(extra))
+    overrides = merge_mappings(_flag_overrides(args), parse_overrides(extra))
     evaluate(load_config(EvalConfig, args.config, overrides))
     return 0
