@@ -74,3 +74,17 @@ def test_every_field_is_documented():
     undocumented = [key for key, _, _, doc in rows if not doc]
     assert not undocumented, f"fields without a docstring: {undocumented}"
     assert ("optim.lr", "float", "2e-05", "Peak learning rate.") in rows
+
+
+def test_a_section_given_in_part_keeps_the_presets_defaults_for_the_rest(tmp_path):
+    """The PPO preset's policy optimizer is linear without warm-up (Huang et al.); setting only its lr, in a file
+    or on the command line, must not bring back OptimConfig's own cosine schedule with 3% warm-up."""
+    from tuneloop.train.rl_config import PPOConfig
+
+    path = tmp_path / "ppo.yaml"
+    path.write_text("optim: {lr: 3.0e-4}\n")
+    for cfg in (load_config(PPOConfig, path), load_config(PPOConfig, None, ["--optim.lr", "3e-4"])):
+        assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_ratio) == (3e-4, "linear", 0.0)
+        assert (cfg.critic.optim.lr, cfg.critic.optim.schedule) == (1e-4, "linear")
+    cfg = load_config(PPOConfig, None, ["--optim.schedule", "cosine"])
+    assert (cfg.optim.lr, cfg.optim.schedule) == (1e-5, "cosine")

@@ -224,6 +224,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = _hints(cls)
     kwargs = {}
     for name, value in data.items():
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]):
+            default = _default(fields[name])
+            if dataclasses.is_dataclass(default):  # a section given in part keeps this class's defaults for the
+                value = merge_mappings(to_dict(default), value)  # rest (a preset's optim schedule, say)
         if isinstance(value, Entries) and not dataclasses.is_dataclass(hints[name]):
             default = _default(fields[name])
             if isinstance(default, dict):  # --weights.vader 0.5 adds to (or changes) the default mapping
