@@ -88,3 +88,19 @@ def test_a_section_given_in_part_keeps_the_presets_defaults_for_the_rest(tmp_pat
         assert (cfg.critic.optim.lr, cfg.critic.optim.schedule) == (1e-4, "linear")
     cfg = load_config(PPOConfig, None, ["--optim.schedule", "cosine"])
     assert (cfg.optim.lr, cfg.optim.schedule) == (1e-5, "cosine")
+    cfg = load_config(PPOConfig, None, ["--optim", "{lr: 3.0e-4}"])  # the whole section on the command line
+    assert (cfg.optim.lr, cfg.optim.schedule) == (3e-4, "linear")
+    rows = {key: default for key, _, default, _ in describe(PPOConfig)}  # --help-config shows the preset's
+    assert (rows["optim.lr"], rows["optim.schedule"], rows["critic.optim.lr"]) == ("1e-05", "'linear'", "0.0001")
+
+
+def test_a_preset_section_keeps_its_defaults_and_a_mapping_is_replaced_whole(tmp_path):
+    """A nested section given in part keeps the preset's values (GRPO-style T = 0.7 of the RL presets); a
+    mapping-valued field given in the file still replaces its default whole."""
+    from tuneloop.train.rl_config import PPOConfig
+
+    path = tmp_path / "ppo.yaml"
+    path.write_text("reward: {vader: 1.0}\nrollout: {sampling: {max_new_tokens: 8}}\n")
+    cfg = load_config(PPOConfig, path)
+    assert cfg.reward == {"vader": 1.0}
+    assert (cfg.rollout.sampling.max_new_tokens, cfg.rollout.sampling.temperature) == (8, 0.7)  # the preset's T

@@ -12,7 +12,10 @@ fits. On the command line a value is read as YAML (``1e-5`` is a float, ``null``
 reading does not fit the field but the field takes a string, the text is taken as it was typed, so
 ``--model.name 123`` names a model "123". A mapping in a file or given whole on the command line
 replaces the field's mapping; a dotted key sets one entry of the mapping below it (the file's, else
-the default): ``--reward.weights.vader 0.5``. Each field's documentation is the string
+the default): ``--reward.weights.vader 0.5``. A section (a nested dataclass) given in part, in a file or
+on the command line, keeps its default for the keys left out: the preset's section where the field
+defaults to one (``tuneloop ppo --optim.lr 3e-4`` keeps PPO's linear schedule), and ``--help-config``
+shows those defaults. Each field's documentation is the string
 literal written right under it in the class body (read with ``ast``), so ``--help`` and the docs show
 the same text as the code.
 
@@ -25,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import enum
 import inspect
@@ -211,8 +215,10 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a nested dict, strictly."""
+def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, strictly. ``base`` is the instance the fields left
+    out take their values from (a preset's default section, e.g. PPO's linear policy schedule); without
+    it they take the class defaults."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -222,14 +228,17 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         known = ", ".join(sorted(fields))
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'{where}; known keys: {known}")
     hints = _hints(cls)
-    kwargs = {}
+    kwargs = {name: copy.deepcopy(getattr(base, name)) for name in fields if name not in data} if base is not None else {}
     for name, value in data.items():
+        if isinstance(value, CliValue) and dataclasses.is_dataclass(hints[name]) and isinstance(value.parsed, dict):
+            value = value.parsed  # a whole section on the command line: --optim '{lr: 3e-4}'
         if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]):
-            default = _default(fields[name])
-            if dataclasses.is_dataclass(default):  # a section given in part keeps this class's defaults for the
-                value = merge_mappings(to_dict(default), value)  # rest (a preset's optim schedule, say)
+            default = getattr(base, name) if base is not None else _default(fields[name])
+            kwargs[name] = _build(hints[name], value, prefix + name + ".",
+                                  default if dataclasses.is_dataclass(default) else None)
+            continue
         if isinstance(value, Entries) and not dataclasses.is_dataclass(hints[name]):
-            default = _default(fields[name])
+            default = getattr(base, name) if base is not None else _default(fields[name])
             if isinstance(default, dict):  # --weights.vader 0.5 adds to (or changes) the default mapping
                 value = {**default, **value}
         kwargs[name] = _check_value(prefix + name, hints[name], value)
@@ -365,17 +374,18 @@ def help_text(cls: type) -> str:
     return "".join(f"--{key}  ({tp}, default {default})\n      {doc}\n" for key, tp, default, doc in describe(cls))
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """Rows of (key, type, default, doc) for every leaf field, for ``--help`` and the docs."""
+def describe(cls: type, prefix: str = "", base: Any = None) -> list[tuple[str, str, str, str]]:
+    """Rows of (key, type, default, doc) for every leaf field, for ``--help`` and the docs; a section's
+    defaults are those of the instance its field defaults to (a preset's own optimizer, say)."""
     rows = []
     docs = field_docs(cls)
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        default = getattr(base, f.name) if base is not None else _default(f)
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, prefix + f.name + "."))
+            rows.extend(describe(tp, prefix + f.name + ".", default if dataclasses.is_dataclass(default) else None))
             continue
-        default = _default(f)
         if isinstance(default, enum.Enum):
             default = default.value
         rows.append((prefix + f.name, _type_name(tp), repr(default), docs.get(f.name, "")))

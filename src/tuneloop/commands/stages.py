@@ -69,8 +69,8 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 def demo_data(context, config: dict) -> tuple[dict, dict]:
     """The demo's files from the bundled Rotten Tomatoes snippets: SFT examples of the movies not held out,
     the prompts to sample candidates for (the first ``sample_prompts`` held-out movies), the eval prompts
-    (the other held-out movies, never seen by any stage) and the train prompts (every movie but the eval
-    ones, one prompt each: the SFT movies, then the sampling movies), for a larger panel and for RL."""
+    (the other held-out movies, never seen by any stage) and the train prompts (one per movie the SFT
+    examples cover, then the sampling movies: 146 + 48 with the defaults), for a larger panel and for RL."""
     from tuneloop.data.bundled import review_examples, review_prompts
 
     unknown = set(config) - {"held_out", "sample_prompts"}
