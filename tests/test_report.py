@@ -34,3 +34,15 @@ def test_report_of_a_pipeline_without_eval_or_reward(tmp_path):
     partial = {k: records[k] for k in ("sft",)}
     html = write_pipeline_report(tmp_path / "r.html", partial, "sft only").read_text()
     assert '<section id="curves">' in html and '<section id="policies">' not in html
+
+
+def test_a_fitted_peak_far_beyond_the_measured_kl_is_not_printed_as_a_number():
+    """A nearly straight RL fit (α 0.19, β 0.002) puts its peak at e^(α/β − 1) ≈ 1e41: the report says it lies
+    beyond the data (more than twice the largest measured d) instead of printing that number."""
+    import math
+
+    from tuneloop.report.html import _peak
+
+    assert _peak(math.exp(0.19 / 0.002 - 1), reach=1.2) == "beyond the data (&gt; 2.40)"
+    assert _peak(0.80, reach=0.80) == "0.80" and _peak(2.39, reach=1.2) == "2.39"
+    assert _peak(None, reach=1.2) == "—"

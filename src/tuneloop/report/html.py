@@ -166,6 +166,16 @@ def _policies(result: dict) -> str:
     return body
 
 
+def _peak(peak: float | None, reach: float) -> str:
+    """The fitted peak d, or where it lies when the fit only extrapolates to it (beyond twice the largest
+    measured d, e.g. e^(α/β − 1) = 1e32 for a nearly straight RL fit)."""
+    if peak is None:
+        return "—"
+    if reach > 0 and peak > 2 * reach:
+        return f"beyond the data (&gt; {2 * reach:.2f})"
+    return _num(peak, 2)
+
+
 def _frontier(result: dict) -> str:
     body = _img(figures.frontier(result), "reward versus KL frontier")
     fits = []
@@ -175,8 +185,9 @@ def _frontier(result: dict) -> str:
             fit = entry.get(key)
             if fit:
                 form = "d(α − β d)" if fit["form"] == "best_of_n" else "d(α − β log d)"
+                reach = max((p["sqrt_kl"] for p in entry.get("points") or []), default=0.0)
                 fits.append([_e(name), key.split("_")[0], form, _num(fit["alpha"]), _num(fit["beta"]),
-                             _num(fit["peak_sqrt_kl"], 2), _num(fit["rmse"])])
+                             _peak(fit["peak_sqrt_kl"], reach), _num(fit["rmse"])])
     if fits:
         body += ("<h3>Over-optimisation fits (Gao et al. 2022), d = √KL</h3>"
                  + _table(["policy", "score", "form", "α", "β", "peak d", "rmse"], fits, numeric_from=3)
