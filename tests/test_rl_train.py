@@ -189,24 +189,22 @@ def test_killed_run_resumes_bit_identically(tmp_path):
 
 
 @pytest.mark.slow
-def test_programmatic_reward_rises_while_kl_stays_bounded(tmp_path):
-    """GRPO on one prompt, reward = share of the letter 'e' in the response (rl_helpers.e_share), k3 KL
-    loss term with β = 0.3. Over 30 rounds the mean score of the last 5 rounds is above that of the first 5
-    by more than 0.1 (the random tiny model starts near 0.09) and the response KL stays under 20 nats
-    (with β = 0.1 it passed 36). Seed 14, measured after the RL forwards began scoring a prompt's K samples
-    after one copy of it (a28eb00): 0.109 → 0.228, KL at most 12.5. The run depends on its seed: the same
-    change leaves seeds 1, 2, 3 and 8 as they were (0.187/0.188, 0.149, 0.123, 0.111) but moved seed 4,
-    the seed before, from 0.101 → 0.213 to 0.101 → 0.125: its rounds agree to 6 decimals for 5 rounds,
-    then one differently rounded log-prob flips a sampled token and the run takes another path. 1 of 14
-    seeds (1–14) passes now, 2 of 9 (1–9) before, so this is a smoke test of learning on one seed, not a
-    statement about every seed."""
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_programmatic_reward_rises_while_kl_stays_bounded(tmp_path, seed):
+    """GRPO on one prompt, reward = share of the letter 'e' in the response (rl_helpers.e_share), K = 16 samples
+    of 8 tokens per round, lr 2e-2 (the preset's linear decay), k3 KL loss term with β = 0.3. Over 30 rounds the
+    mean score of the last 5 rounds is above that of the first 5 by more than 0.05 (the random tiny model starts
+    near 0.1) and the response KL stays under 30 nats. Measured for seeds 1-16 (2 threads): every seed rose
+    by +0.09 to +0.24 (seeds 1, 2, 3: 0.106 → 0.322, 0.094 → 0.249, 0.107 → 0.315), the largest KL was 7.8-26.1
+    nats (seeds 1-3: 15.9, 14.0, 21.7). The earlier single-seed version (K = 8, lr 1e-2) rose by only +0.02 to
+    +0.14 across seeds and failed whenever a float rounding or schedule change moved its one seed."""
     result = train(make_cfg("grpo", tmp_path, steps=30, rollout={
         "prompts": write_prompts(tmp_path / "one.jsonl", ["Tell me something."]), "prompts_per_step": 1,
-        "samples_per_prompt": 8, "sampling": {"max_new_tokens": 8, "temperature": 1.0, "batch_size": 8}},
-        optim={"lr": 1e-2}, algo={"kl_coef": 0.3, "epochs": 2}, micro_batch_size=8,
-        run={"out_dir": str(tmp_path / "runs"), "name": "run", "seed": 14}))
+        "samples_per_prompt": 16, "sampling": {"max_new_tokens": 8, "temperature": 1.0, "batch_size": 16}},
+        optim={"lr": 2e-2}, algo={"kl_coef": 0.3, "epochs": 2}, micro_batch_size=16,
+        run={"out_dir": str(tmp_path / "runs"), "name": "run", "seed": seed}))
     rows = metrics_rows(result.run_dir)
     scores, kls = [r["objective/scores"] for r in rows], [r["objective/kl"] for r in rows]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
-    assert last > first + 0.1, f"score {first:.3f} → {last:.3f}"
-    assert max(kls) < 20.0, f"KL reached {max(kls):.2f}"
+    assert last > first + 0.05, f"score {first:.3f} → {last:.3f}"
+    assert max(kls) < 30.0, f"KL reached {max(kls):.2f}"
