@@ -185,6 +185,25 @@ def test_killed_run_resumes_bit_identically(tmp_path):
         assert last_whole[key] == last_resumed[key], key
 
 
+def test_resumed_run_writes_each_rounds_samples_once(tmp_path):
+    """Stopped after round 3 with a checkpoint at round 2, the resumed run replays round 3: samples.jsonl ends
+    with every round's rows once, exactly those of an uninterrupted run (not round 3 twice)."""
+    extra = {"steps": 4, "save_every": 2, "algo": {"kl_coef": 0.1}}
+    whole = train(make_cfg("grpo", tmp_path, name="whole", **extra))
+
+    def stop(done):
+        if done == 3:
+            raise Stop
+
+    cfg = make_cfg("grpo", tmp_path, name="split", **extra)
+    with pytest.raises(Stop):
+        train(cfg, on_round=stop)
+    stopped = [json.loads(line)["step"] for line in (tmp_path / "runs/split/samples.jsonl").read_text().splitlines()]
+    assert sorted(set(stopped)) == [1, 2, 3]  # round 3 was written before the stop, after the last checkpoint
+    resumed = train(cfg, resume_dir=tmp_path / "runs" / "split")
+    assert (resumed.run_dir / "samples.jsonl").read_text() == (whole.run_dir / "samples.jsonl").read_text()
+
+
 # --- learning ---------------------------------------------------------------------------------------------------
 
 

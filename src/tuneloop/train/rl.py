@@ -19,6 +19,7 @@ beyond choosing them. Papers, defaults and deviations of each preset: docs/rl.md
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from tuneloop.atomic import jsonl_text
+from tuneloop.atomic import atomic_write_text, jsonl_text
 from tuneloop.batches import Rollout
 from tuneloop.checkpoint import NamedState
 from tuneloop.config import ConfigError
@@ -268,6 +269,16 @@ def _old_policy_metrics(s: _Session, cfg: RLConfig, rollout: Rollout) -> dict[st
     return _global_means(per_row, s.accelerator)
 
 
+def _drop_replayed_samples(run: RunDir, rounds_done: int) -> None:
+    """A resumed run replays the rounds after its checkpoint: their rows from before the stop are dropped from
+    samples.jsonl (rewritten atomically), so each round's samples appear once, as in an uninterrupted run."""
+    path = run.path / SAMPLES_FILE
+    if path.is_file():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= rounds_done]
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 def _write_samples(run: RunDir, round_done: int, s: _Session, rollout: Rollout, texts: list[str]) -> None:
     rows = []
     for b in range(min(SAMPLES_PER_LOG, rollout.num_rows)):
@@ -294,6 +305,8 @@ def train(cfg: RLConfig, resume_dir: str | Path | None = None,
     log and checkpoint (tests use it to stop a run at a chosen point)."""
     s = _setup(cfg, resume_dir)
     acc, plan, loop, k = s.accelerator, s.plan, s.loop, cfg.rollout.samples_per_prompt
+    if loop.start_step and loop.is_main:
+        _drop_replayed_samples(loop.run, loop.start_step)
     share, rank = plan.prompts_per_step // plan.world_size, acc.process_index
     metrics: dict[str, float] = {}
     for round_index in loop.steps():
