@@ -46,3 +46,17 @@ def test_a_fitted_peak_far_beyond_the_measured_kl_is_not_printed_as_a_number():
     assert _peak(math.exp(0.19 / 0.002 - 1), reach=1.2) == "beyond the data (&gt; 2.40)"
     assert _peak(0.80, reach=0.80) == "0.80" and _peak(2.39, reach=1.2) == "2.39"
     assert _peak(None, reach=1.2) == "—"
+
+
+def test_only_the_reference_policys_best_of_n_goes_on_the_kl_to_reference_axis():
+    """Best-of-n from a tuned policy has KL log n − (n − 1)/n to that policy, not to the reference: the frontier
+    and the fits table leave it off (the eval output keeps it); the reference's own curve stays."""
+    from tuneloop.report.figures import reference_best_of_n
+
+    curve = {"proxy": "reward_model", "gold": "gold:vader", "points": []}
+    policies = {"sft": {"model": "runs/sft/model", "metrics": {"kl/k3_sequence": {"mean": 0.0}}},
+                "ppo": {"model": "runs/ppo/model", "metrics": {"kl/k3_sequence": {"mean": 3.3}}},
+                "copy": {"model": "elsewhere/sft", "metrics": {"kl/k3_sequence": {"mean": 0.0}}}}
+    result = {"reference": "runs/sft/model", "policies": policies,
+              "best_of_n": {"sft": curve, "ppo": curve, "copy": curve}}
+    assert list(reference_best_of_n(result)) == ["sft", "copy"]

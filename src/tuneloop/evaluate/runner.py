@@ -137,5 +137,5 @@ def format_table(result: dict) -> str:
     for name, bon in (result.get("best_of_n") or {}).items():
         last = bon["points"][-1]
         lines.append(f"best-of-{last['n']} from {name}: {bon['gold']} {last['gold']:.3f} "
-                     f"(proxy {last['proxy']:.3f}) at KL {last['kl']:.3f}")
+                     f"(proxy {last['proxy']:.3f}) at KL {last['kl']:.3f} to {name}")
     return "\n".join(lines)

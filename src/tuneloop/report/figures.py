@@ -76,7 +76,7 @@ def frontier(result: dict) -> bytes:
             fit = (series["fit"] or {}).get(f"{key}_fit")
             if fit and len(xs) > 1:
                 _draw_fit(ax, fit, max(xs), ys[0], f"C{k}")
-        for name, bon in (result.get("best_of_n") or {}).items():
+        for name, bon in reference_best_of_n(result).items():
             xs = [p["sqrt_kl"] for p in bon["points"]]
             ys = [p[key] for p in bon["points"]]
             ax.plot(xs, ys, marker="s", linestyle=":", color="grey", label=f"best-of-n from {name}")
@@ -90,6 +90,16 @@ def frontier(result: dict) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return png_bytes(fig)
+
+
+def reference_best_of_n(result: dict) -> dict:
+    """The best-of-n curves that belong on a √KL-to-the-reference axis: those of a policy that IS the reference
+    (its KL to it is 0). Best-of-n of another policy has KL log n − (n − 1)/n to that policy, not to the
+    reference, so it is left off the frontier (eval.json keeps it)."""
+    policies = result.get("policies") or {}
+    return {name: bon for name, bon in (result.get("best_of_n") or {}).items()
+            if name in policies and (policies[name].get("model") == result.get("reference")
+                                     or abs(policies[name]["metrics"]["kl/k3_sequence"]["mean"] or 0.0) < 1e-9)}
 
 
 def _draw_fit(ax, fit: dict, d_max: float, start: float, color: str) -> None:

@@ -180,7 +180,7 @@ def _frontier(result: dict) -> str:
     body = _img(figures.frontier(result), "reward versus KL frontier")
     fits = []
     for name, entry in list((result.get("overoptimization") or {}).items()) + \
-            [(f"best-of-n from {n}", b) for n, b in (result.get("best_of_n") or {}).items()]:
+            [(f"best-of-n from {n}", b) for n, b in figures.reference_best_of_n(result).items()]:
         for key in ("gold_fit", "proxy_fit"):
             fit = entry.get(key)
             if fit:
