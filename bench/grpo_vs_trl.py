@@ -25,13 +25,14 @@ One known difference: TRL adds 1e-4 to the group std, tuneloop 1e-6 (a relative 
    the policy differs from the reference and the KL term is well above the 1e-5 tolerance, and copied
    into TRL's adapter. Two
    rounds over the same ``--prompts`` prompts, the round in one micro-batch: step 1 at ratio 1 (its loss
-   is the β·KL term plus −mean advantage, 0 per group), step 2 after one identical clipped Adam step.
-   The per-step losses must agree to 1e-5. Measured (under load): the tiny model with ``--perturb 0.2``
-   agrees at both steps (4.5e-8, 1.5e-6 on losses of 2e-3); SmolLM2 with 0.02 agrees at step 1 (1.9e-8 on
-   1.3e-3) but NOT at step 2 (0.0633 against 0.0655). The step-1 gradient norms already differ (tuneloop
-   0.6995, TRL's log 0.7000) while the losses agree: the gap is in the gradient of a term whose value is
-   ~0 (the policy term at ratio 1), not in the optimizer (both torch's fused AdamW, same settings; giving
-   tuneloop TRL's 1e-4 std ε changed nothing). Not explained yet (open).
+   is the β·KL term plus −mean advantage, 0 per group), step 2 after one identical optimizer step, plain SGD
+   in both tools by default (``--agreement-optimizer``): an SGD step moves every parameter by −lr·g, so step 2
+   checks step 1's gradients. The per-step losses must agree to 1e-5. Measured on an idle machine: SmolLM2
+   with 0.02 agrees at both steps (4.8e-8 and 7.8e-8). With AdamW (``--agreement-optimizer adamw``, both
+   tools' fused AdamW) step 2 does not agree (0.0633 against 0.0655). Since the SGD step agrees, the
+   gradients do; the likely cause is that Adam's first step is about lr·sign(g) for every element, so an
+   element whose gradient is at rounding level moves a full step in a direction its rounding picks. The tiny model with ``--perturb 0.2`` agreed at both
+   steps with AdamW as well (4.5e-8, 1.5e-6 on losses of 2e-3, under load).
 2. Speed (one child process per tool, so that each peak RSS is its own): ``--rounds`` rounds of real
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
@@ -75,6 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--agreement-lr", type=float, default=1e-3)
+    p.add_argument("--agreement-optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="optimizer of the agreement's first step (both tools): sgd checks the gradients themselves")
     p.add_argument("--perturb", type=float, default=0.02, help="std of the agreement's LoRA B entries")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", choices=["none", "agreement", "speed"], default="none")
@@ -98,7 +101,8 @@ def reward_function(spec: str):
     return score
 
 
-def trl_trainer(args, prompt_records, rounds: int, micro: int, lr: float, callbacks=(), rollout_func=None):
+def trl_trainer(args, prompt_records, rounds: int, micro: int, lr: float, callbacks=(), rollout_func=None,
+                optim: str = "adamw_torch_fused"):
     from datasets import Dataset
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
@@ -113,7 +117,7 @@ def trl_trainer(args, prompt_records, rounds: int, micro: int, lr: float, callba
         num_iterations=1, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, bf16=False, fp16=False, use_vllm=False, gradient_checkpointing=False, max_steps=rounds,
         logging_steps=1, save_strategy="no", report_to="none", seed=args.seed, disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, log_completions=False)
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, log_completions=False, optim=optim)
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS,
                       task_type="CAUSAL_LM")
     dataset = Dataset.from_list([{"prompt": r["messages"]} for r in prompt_records])
@@ -189,6 +193,9 @@ def run_agreement(args) -> dict:
         return session
 
     rl._setup, rl_rollout.generate = setup, forced_generate
+    if args.agreement_optimizer == "sgd":  # plain SGD in both tools: step 2 then checks step 1's gradients
+        rl.build_optimizer = lambda model, cfg: torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                                                                lr=cfg.lr)
     result = rl.train(tuneloop_config(args, prompts_file, str(folder / "runs"), 2, args.prompts * args.k,
                                       args.agreement_lr))
     ours = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -208,7 +215,8 @@ def run_agreement(args) -> dict:
                 "logprobs": [[0.0] * len(c) for c in completion_ids]}
 
     losses: list[float] = []
-    trainer = trl_trainer(args, records, 2, args.prompts * args.k, args.agreement_lr, rollout_func=rollout_func)
+    trainer = trl_trainer(args, records, 2, args.prompts * args.k, args.agreement_lr, rollout_func=rollout_func,
+                          optim="sgd" if args.agreement_optimizer == "sgd" else "adamw_torch_fused")
     inner = trainer.compute_loss
 
     def compute_loss(*a, **kw):  # record each step's loss (one micro-batch per step here)
