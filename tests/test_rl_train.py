@@ -162,19 +162,23 @@ class Stop(Exception):
     pass
 
 
+def _stop_after(cfg, rounds: int) -> None:
+    """Run ``cfg`` and kill it (an exception from the round hook) once ``rounds`` rounds are done."""
+    def stop(done):
+        if done == rounds:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, on_round=stop)
+
+
 def test_killed_run_resumes_bit_identically(tmp_path):
     """PPO with a critic, score normalisation and an adaptive KL coefficient: a run stopped after round 2
     and resumed from its checkpoint ends with exactly the weights and metrics of an uninterrupted run."""
     extra = {"steps": 3, "save_every": 1, "algo": {"kl_target": 0.5, "normalise_scores": True}}
     whole = train(make_cfg("ppo", tmp_path, name="whole", **extra))
-
-    def stop(done):
-        if done == 2:
-            raise Stop
-
     cfg = make_cfg("ppo", tmp_path, name="split", **extra)
-    with pytest.raises(Stop):
-        train(cfg, on_round=stop)
+    _stop_after(cfg, 2)
     resumed = train(cfg, resume_dir=tmp_path / "runs" / "split")
     a = load_file(whole.model_dir / "model.safetensors")
     b = load_file(resumed.model_dir / "model.safetensors")
@@ -190,14 +194,8 @@ def test_resumed_run_writes_each_rounds_samples_once(tmp_path):
     with every round's rows once, exactly those of an uninterrupted run (not round 3 twice)."""
     extra = {"steps": 4, "save_every": 2, "algo": {"kl_coef": 0.1}}
     whole = train(make_cfg("grpo", tmp_path, name="whole", **extra))
-
-    def stop(done):
-        if done == 3:
-            raise Stop
-
     cfg = make_cfg("grpo", tmp_path, name="split", **extra)
-    with pytest.raises(Stop):
-        train(cfg, on_round=stop)
+    _stop_after(cfg, 3)
     stopped = [json.loads(line)["step"] for line in (tmp_path / "runs/split/samples.jsonl").read_text().splitlines()]
     assert sorted(set(stopped)) == [1, 2, 3]  # round 3 was written before the stop, after the last checkpoint
     resumed = train(cfg, resume_dir=tmp_path / "runs" / "split")
