@@ -230,15 +230,14 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) 
     hints = _hints(cls)
     kwargs = {name: copy.deepcopy(getattr(base, name)) for name in fields if name not in data} if base is not None else {}
     for name, value in data.items():
+        default = getattr(base, name) if base is not None else _default(fields[name])
         if isinstance(value, CliValue) and dataclasses.is_dataclass(hints[name]) and isinstance(value.parsed, dict):
             value = value.parsed  # a whole section on the command line: --optim '{lr: 3e-4}'
         if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]):
-            default = getattr(base, name) if base is not None else _default(fields[name])
             kwargs[name] = _build(hints[name], value, prefix + name + ".",
                                   default if dataclasses.is_dataclass(default) else None)
             continue
         if isinstance(value, Entries) and not dataclasses.is_dataclass(hints[name]):
-            default = getattr(base, name) if base is not None else _default(fields[name])
             if isinstance(default, dict):  # --weights.vader 0.5 adds to (or changes) the default mapping
                 value = {**default, **value}
         kwargs[name] = _check_value(prefix + name, hints[name], value)

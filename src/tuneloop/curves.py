@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+STEP_AXIS = "optimizer step"  # what one logged step of SFT, reward and DPO is
 ROUND_AXIS = "rollout round"  # RL logs once per round of rollout + update (several optimizer steps)
 
 
@@ -40,7 +41,7 @@ def smoothing_window(points: int) -> int:
 
 
 def plot_curves(metrics_path: Path, out_path: Path, panels: list[tuple[str, list[str]]],
-                title: str, x_label: str = "optimizer step") -> Path | None:
+                title: str, x_label: str = STEP_AXIS) -> Path | None:
     """One subplot per (panel title, metric keys): train as lines (long runs: faint per-step values under
     their trailing mean), eval as markers (None: nothing to plot). ``x_label`` names what a logged step
     is: an optimizer step, or a rollout round for RL (several optimizer steps per round)."""

@@ -54,7 +54,7 @@ from typing import Any
 import yaml
 
 from tuneloop.atomic import atomic_write_text
-from tuneloop.config import read_yaml_mapping
+from tuneloop.config import merge_mappings, read_yaml_mapping
 
 RECORD = "stage.json"
 STATE = "pipeline.json"
@@ -165,8 +165,6 @@ def _with_base_config(body: dict, path: Path, where: str) -> dict:
     with_ = body.get("with") or {}
     if "config" not in body:
         return with_
-    from tuneloop.config import merge_mappings
-
     base_path = path.parent / str(body["config"])
     if not base_path.is_file():
         raise PipelineError(f"{where}: config file {base_path} does not exist")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.atomic import atomic_write_jsonl
-from tuneloop.curves import ROUND_AXIS
+from tuneloop.curves import ROUND_AXIS, STEP_AXIS
 
 
 def _percent(value: Any) -> str:
@@ -35,7 +35,7 @@ class StageKind:
     run: Callable[[Any, dict], tuple[dict, dict]]
     headline: Callable[[dict], str] = lambda summary: ""
     reads_all_stages: bool = False  # its key includes every earlier stage's key (the report)
-    step_unit: str = "optimizer step"  # what one logged step of its metrics.jsonl is (the curves' x-axis)
+    step_unit: str = STEP_AXIS  # what one logged step of its metrics.jsonl is (the curves' x-axis)
 
 
 def _import(path: str):

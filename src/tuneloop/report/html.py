@@ -111,15 +111,16 @@ def _stages(records) -> str:
 
 def _curves(records, folder: Path) -> str:
     from tuneloop.commands.stages import STAGE_KINDS
+    from tuneloop.curves import STEP_AXIS
 
     parts = []
     for r in records.values():
         run = Path(r.outputs["run"]) if "run" in r.outputs else None
         if run is None or not (run / "metrics.jsonl").is_file():
             continue
-        kind = STAGE_KINDS.get(r.uses)
+        unit = getattr(STAGE_KINDS.get(r.uses), "step_unit", STEP_AXIS)  # rollout rounds for RL
         png = figures.training_curves(run / "metrics.jsonl", folder / f".curves-{r.name}.png",
-                                      f"{r.name} ({r.uses})", kind.step_unit if kind else "optimizer step")
+                                      f"{r.name} ({r.uses})", unit)
         if png is not None:
             parts.append(f"<h3>{_e(r.name)}</h3>{_img(png.read_bytes(), f'training curves of {r.name}')}")
             png.unlink()

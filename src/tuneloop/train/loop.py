@@ -30,7 +30,7 @@ from typing import Any
 
 from tuneloop.atomic import atomic_dir
 from tuneloop.checkpoint import NamedState, latest_checkpoint, load_checkpoint, save_checkpoint
-from tuneloop.curves import plot_curves
+from tuneloop.curves import STEP_AXIS, plot_curves
 from tuneloop.runs import RunConfig, RunDir, new_run_dir
 from tuneloop.tracking import Tracker
 from tuneloop.train.accumulate import StepTotals, accumulate_gradients, optimizer_step
@@ -207,7 +207,7 @@ def update(loop: Loop, model_name: str, micro_batches: Sequence, loss_sum_fn: Ca
 
 def finish(loop: Loop, final_eval: Callable[[], dict], save_model: Callable[[Path], None], summary: dict,
            curve_panels: list[tuple[str, list[str]]] | None = None, curve_title: str = "",
-           curve_x_label: str = "optimizer step") -> dict:
+           curve_x_label: str = STEP_AXIS) -> dict:
     """The end of every stage, in one order: final evaluation and its log line (main process), the
     model folder written atomically (``save_model(tmp_folder)``), tracker close, ``curves.png``,
     ``summary.json`` (``summary`` + stage, steps, the plain counters, train_seconds (over the whole run,
