@@ -158,16 +158,31 @@ def tuneloop_config(args, prompts_file: Path, out_dir: str, rounds: int, micro: 
 # --- 1. agreement -------------------------------------------------------------------------------------
 
 def run_agreement(args) -> dict:
-    import tuneloop.train.rl as rl
-    import tuneloop.train.rl_rollout as rl_rollout
-    from tuneloop.generation import Generation
-    from tuneloop.models.logprobs import answer_logprobs
-
+    """Both tools' first two steps on the same forced rollouts from the same perturbed adapter."""
     folder = Path(tempfile.mkdtemp(prefix="grpo-agree-"))
     prompts_file, records, prompts = message_records(args, folder, args.prompts)
     tokenizer = trl_tokenizer(args.model)
     slices = forced_responses(tokenizer, [p for p in prompts for _ in range(args.k)], args.max_new_tokens)
     forced = {tuple(p): [slices[i * args.k + k] for k in range(args.k)] for i, p in enumerate(prompts)}
+    ours, snapshot = _tuneloop_agreement(args, folder, prompts_file, tokenizer, forced)
+    losses, rewards = _trl_agreement(args, records, prompts, forced, snapshot)
+    out = {"episodes": args.prompts * args.k, "tensors_copied": len(snapshot)}
+    for step in range(2):
+        out[f"loss, step {step + 1}"] = {"tuneloop": ours[step]["loss/policy_avg"], "trl": losses[step],
+                                         "abs_diff": abs(ours[step]["loss/policy_avg"] - losses[step])}
+        out[f"mean score, step {step + 1}"] = {"tuneloop": ours[step]["objective/raw_scores"], "trl": rewards[step],
+                                               "abs_diff": abs(ours[step]["objective/raw_scores"] - rewards[step])}
+    return out
+
+
+def _tuneloop_agreement(args, folder: Path, prompts_file: Path, tokenizer, forced: dict):
+    """tuneloop's two logged steps, its sampler replaced by the forced responses and its fresh adapter perturbed;
+    returns the metric rows and the perturbed trainable tensors (for TRL)."""
+    import tuneloop.train.rl as rl
+    import tuneloop.train.rl_rollout as rl_rollout
+    from tuneloop.generation import Generation
+    from tuneloop.models.logprobs import answer_logprobs
+
     texts = {tuple(ids): tokenizer.decode(ids, skip_special_tokens=True).strip()
              for group in forced.values() for ids in group}
 
@@ -198,9 +213,12 @@ def run_agreement(args) -> dict:
                                                                 lr=cfg.lr)
     result = rl.train(tuneloop_config(args, prompts_file, str(folder / "runs"), 2, args.prompts * args.k,
                                       args.agreement_lr))
-    ours = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    ours = [r for r in ours if "loss/policy_avg" in r]
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss/policy_avg" in r], snapshot
 
+
+def _trl_agreement(args, records, prompts, forced: dict, snapshot: dict[str, torch.Tensor]):
+    """TRL's two steps on the same forced responses from tuneloop's perturbed adapter: (losses, mean rewards)."""
     by_text = {json.dumps(r["messages"]): ids for r, ids in zip(records, prompts)}
 
     def rollout_func(batch_prompts, trainer):  # TRL's sampler, replaced: the k-th repeat of a prompt gets slice k
@@ -233,14 +251,7 @@ def run_agreement(args) -> dict:
                 copied += 1
     assert copied == len(snapshot), f"copied {copied} of {len(snapshot)} trainable tensors into TRL"
     trainer.train()
-    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
-    out = {"episodes": args.prompts * args.k, "tensors_copied": copied}
-    for step in range(2):
-        out[f"loss, step {step + 1}"] = {"tuneloop": ours[step]["loss/policy_avg"], "trl": losses[step],
-                                         "abs_diff": abs(ours[step]["loss/policy_avg"] - losses[step])}
-        out[f"mean score, step {step + 1}"] = {"tuneloop": ours[step]["objective/raw_scores"], "trl": rewards[step],
-                                               "abs_diff": abs(ours[step]["objective/raw_scores"] - rewards[step])}
-    return out
+    return losses, [h["reward"] for h in trainer.state.log_history if "reward" in h]
 
 
 # --- 2. speed -----------------------------------------------------------------------------------------
