@@ -20,7 +20,8 @@ Parts, each on the same model, prompts and settings for every backend, one after
    stop token; transformers: ``min_new_tokens``), one candidate per prompt, plus K = 4 at batch 32:
    tokens/s per backend, and the engine's share of the FLOP limit: model FLOPs per generated token
    (2 × the parameters of the matmuls, the output head included; attention over the cache is not
-   counted) × tokens/s ÷ the measured fp32 matmul peak (best of ``torch.mm`` 2048² in this process).
+   counted) × tokens/s ÷ the measured fp32 matmul peak (best 2048² matmul in this process, of ``torch.mm``
+   and of oneDNN's: on AMD CPUs with AVX-512 oneDNN's is ~2× MKL's, and the engine uses it there).
    ``flop_share`` counts the whole call with generated tokens as the only work (the prefill of the
    prompts, ~90 tokens each against 48 generated, is time without counted work);
    ``decode_flop_share`` the engine's decode steps alone (tokens they produced ÷ their time);
@@ -44,6 +45,8 @@ import time
 
 import torch
 from sft_measure import matmul_peak_gflops  # bench/
+
+from tuneloop.models.matmul import linear_backend
 
 PROMPTS = "bundled:review-prompts"
 
@@ -179,9 +182,11 @@ def main() -> None:
     peak = matmul_peak_gflops()
     flops = matmul_flops_per_token(model)
     limit = peak["gflops"] * 1e9 / flops
-    report.update(peak_gflops=round(peak["gflops"], 1), flops_per_token=flops, flop_limit_tok_s=round(limit, 1))
-    print(f"[bench] fp32 matmul peak {peak['gflops']:.1f} GFLOP/s (median {peak['median_gflops']:.1f}); "
-          f"{flops / 1e6:.1f} MFLOP per token → FLOP limit {limit:.0f} tok/s")
+    report.update(peak_gflops=round(peak["gflops"], 1), peak_by_backend=peak["by_backend"], flops_per_token=flops,
+                  flop_limit_tok_s=round(limit, 1), linear_backend=linear_backend().value)
+    print(f"[bench] fp32 matmul peak {peak['gflops']:.1f} GFLOP/s ({peak['backend']}, median "
+          f"{peak['median_gflops']:.1f}; best of each: {peak['by_backend']}); {flops / 1e6:.1f} MFLOP per token → "
+          f"FLOP limit {limit:.0f} tok/s; the engine's linear layers run on {linear_backend().value}")
     table: list[dict] = []
 
     if not args.skip_sample:

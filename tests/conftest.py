@@ -33,3 +33,15 @@ def tiny_model(tiny_name):
 
     model, _ = load_causal_lm(ModelConfig(name=tiny_name), trainable=False)
     return model
+
+
+@pytest.fixture()
+def sharp_model(tiny_model):
+    """The tiny model with larger random weights: its greedy continuation changes from token to token
+    (the stock initialisation repeats one token), so greedy comparisons can fail."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in tiny_model.parameters():
+            if parameter.dim() == 2:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return tiny_model

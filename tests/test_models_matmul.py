@@ -1,0 +1,111 @@
+"""The linear layers' matmul backend (models/matmul.py): oneDNN's forward and its three gradients equal
+torch's, the torch-function mode reroutes nn.Linear and falls back where oneDNN does not apply, the
+environment variable is checked, and the decode engine on oneDNN samples what the transformers forward
+(torch's matmul) teacher-forces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from generation_helpers import assert_sampled_logprobs_are_teacher_forced
+from tuneloop.data.chat import render_prompt
+from tuneloop.generation import SamplingConfig
+from tuneloop.generation.engine import generate_engine
+from tuneloop.generation.forward import GenericForward
+from tuneloop.models import matmul
+from tuneloop.models.llama_decode import LlamaForward
+
+pytestmark = pytest.mark.skipif(not matmul.onednn_available(), reason="this torch build has no oneDNN")
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    """Set TUNELOOP_LINEAR for one test (the cached choice is cleared before and after)."""
+    def choose(value: str) -> matmul.LinearBackend:
+        monkeypatch.setenv("TUNELOOP_LINEAR", value)
+        matmul.linear_backend.cache_clear()
+        return matmul.linear_backend()
+
+    yield choose
+    matmul.linear_backend.cache_clear()
+
+
+def _leaves(*shapes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=generator).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("x_shape", [(5, 24), (2, 3, 24)])
+def test_onednn_forward_and_gradients_equal_torch(backend, with_bias, x_shape):
+    assert backend("onednn") is matmul.LinearBackend.ONEDNN
+    x, weight, bias = _leaves(x_shape, (16, 24), (16,))
+    bias = bias if with_bias else None
+    grad_out = torch.randn(*x_shape[:-1], 16, generator=torch.Generator().manual_seed(1))
+    expected = F.linear(x, weight, bias)
+    expected_grads = torch.autograd.grad(expected, [t for t in (x, weight, bias) if t is not None], grad_out)
+    got = matmul.linear(x, weight, bias)
+    assert type(got.grad_fn).__name__ == "_OneDNNLinearBackward"
+    got_grads = torch.autograd.grad(got, [t for t in (x, weight, bias) if t is not None], grad_out)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-5)
+
+
+def test_a_frozen_weight_gets_no_gradient_and_the_input_does(backend):
+    backend("onednn")
+    x, weight = _leaves((4, 8), (6, 8))
+    weight.requires_grad_(False)
+    matmul.linear(x, weight).square().sum().backward()
+    assert weight.grad is None
+    torch.testing.assert_close(x.grad, (2 * F.linear(x, weight)) @ weight)
+
+
+def test_the_mode_reroutes_nn_linear_and_falls_back_where_onednn_does_not_apply(backend):
+    backend("onednn")
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    with matmul.FastLinear():
+        y = layer(x)
+        keyword = F.linear(input=x, weight=layer.weight, bias=layer.bias)
+        double = layer.double()(x.double())  # fp64: torch's own matmul
+    assert type(y.grad_fn).__name__ == "_OneDNNLinearBackward"
+    torch.testing.assert_close(keyword, y)
+    assert double.dtype == torch.float64 and type(double.grad_fn).__name__ == "AddmmBackward0"
+    torch.testing.assert_close(double.float(), y, rtol=1e-6, atol=1e-6)
+
+
+def test_add_linear_adds_in_place(backend):
+    backend("onednn")
+    out, x, weight = (t.detach() for t in _leaves((4, 6), (4, 8), (6, 8)))
+    expected = out + x @ weight.t()
+    assert matmul.add_linear_(out, x, weight) is out
+    torch.testing.assert_close(out, expected)
+
+
+def test_the_environment_variable_is_checked(backend):
+    assert backend("torch") is matmul.LinearBackend.TORCH
+    with pytest.raises(ValueError, match="TUNELOOP_LINEAR must be auto, torch or onednn, got 'mkl'"):
+        backend("mkl")
+
+
+def test_the_engine_on_onednn_samples_what_torch_teacher_forces(backend, sharp_model, tiny_tokenizer):
+    """The engine's matmuls on oneDNN, the generic forward and the teacher forcing on torch's: the same
+    tokens, and log-probs equal to 1e-5."""
+    prompts = [render_prompt(tiny_tokenizer, [{"role": "user", "content": q}])
+               for q in ("Tell me a joke", "Write a short review of a film about a dog.")]
+    cfg = SamplingConfig(max_new_tokens=12, batch_size=4, temperature=0.8)
+
+    def run(forward):
+        return generate_engine(sharp_model, tiny_tokenizer, prompts, cfg, 2, seed=3, rank=0, forward=forward,
+                               log=lambda line: None)
+
+    backend("torch")
+    generic = run(GenericForward(sharp_model))
+    backend("onednn")
+    fast = run(LlamaForward(sharp_model))
+    backend("torch")
+    assert [[g.token_ids for g in per] for per in fast] == [[g.token_ids for g in per] for per in generic]
+    assert_sampled_logprobs_are_teacher_forced(sharp_model, tiny_tokenizer.pad_token_id, fast, 0.8)
