@@ -36,6 +36,10 @@ One known difference: TRL adds 1e-4 to the group std, tuneloop 1e-6 (a relative 
 2. Speed (one child process per tool, so that each peak RSS is its own): ``--rounds`` rounds of real
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
+   Each tool on its own matmul: TRL on torch's (MKL), tuneloop on ``models/matmul.py``'s choice (oneDNN
+   where it is faster; ``TUNELOOP_LINEAR=torch`` in the environment gives the ratio on the same kernels).
+   In the agreement's single process TRL runs after tuneloop has routed ``F.linear`` through its choice,
+   so there both tools use the same kernels.
 The machine's load average is printed: on a shared machine the ratio is "under load".
 """
 

@@ -42,9 +42,13 @@ than once per mini-batch, an optimizer-only difference that costs nothing measur
 2. Speed (one child process per tool, so that each peak RSS is its own): ``--rounds`` rounds of real
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
+   Each tool on its own matmul: TRL on torch's (MKL), tuneloop on ``models/matmul.py``'s choice (oneDNN
+   where it is faster; ``TUNELOOP_LINEAR=torch`` in the environment gives the ratio on the same kernels).
+   In the agreement's single process TRL runs after tuneloop has routed ``F.linear`` through its choice,
+   so there both tools use the same kernels.
 The machine's load average is printed: on a shared machine the ratio is "under load". Size: 8 episodes
 per round took 39 min in all at load 6–11 (agreement 20, tuneloop 10.5, TRL 8.5); the default of 4 took
-8 min at load 2–2.5 (1.10×, 0.91× the peak RSS; docs/perf/README.md); not timed idle yet.
+8 min at load 2–2.5 (1.10×, 0.91× the peak RSS); idle numbers in docs/perf/README.md.
 """
 
 from __future__ import annotations

@@ -91,6 +91,8 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
+        """x (N, in) 2-D: oneDNN returns a view for more dimensions, and an output that is a view made
+        inside a Function could not be modified in place (``linear`` reshapes around it instead)."""
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return _onednn_linear(x, weight, bias)
@@ -101,12 +103,10 @@ class _OneDNNLinear(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = _onednn_linear(grad, weight.t())
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            grad_rows = grad.reshape(-1, grad.shape[-1])
-            if ctx.needs_input_grad[1]:
-                grad_weight = _onednn_linear(grad_rows.t(), x.reshape(-1, x.shape[-1]).t())
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_bias = grad_rows.sum(0)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _onednn_linear(grad.t(), x.t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias
 
 
@@ -114,7 +114,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear`` on this process's backend (oneDNN for eligible tensors when ``linear_backend`` says so)."""
     if linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, bias):
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-            return _OneDNNLinear.apply(x, weight, bias)
+            rows = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+            return rows.view(*x.shape[:-1], weight.shape[0])
         return _onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
