@@ -59,13 +59,16 @@ def _checkpoint_models(spec_checkpoints: list[str], out: Path) -> list[tuple[str
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Run every step, write ``<out>/eval.json``, print the table; returns the JSON content."""
+    import torch
+
     from tuneloop.models.matmul import use_fast_linear
     from tuneloop.rewards.functions import load_function
 
     started = time.time()
     if not cfg.policies:
         raise ValueError("eval needs at least one policy (eval.policies or --model)")
-    use_fast_linear()  # the scorers' and teacher-forced forwards (the engine uses it in any case)
+    if not torch.cuda.is_available():
+        use_fast_linear()  # the scorers' and teacher-forced forwards (the engine uses it in any case)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     # 1. prompts, reference, scorers, judge

@@ -72,8 +72,9 @@ def start_accelerator(seed: int):
     from tuneloop.runtime import keep_freed_memory
 
     keep_freed_memory()
-    use_fast_linear()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.device.type == "cpu":
+        use_fast_linear()
     set_seed(seed)
     return accelerator
 
