@@ -29,6 +29,10 @@ no evaluation or saving, logging every step.
    TRL), with its reference forward pass inside every step as it does by default. The ratio uses the
    "with reference" number. CPU seconds per pair are also shown: on a shared machine another process
    stealing cores inflates wall time, and ``cpu/wall`` below the thread count says it happened.
+Kernels: both tools run in this one process, and tuneloop's training loop routes every fp32 ``F.linear``
+of the process through ``models/matmul.py``'s choice (oneDNN where it beats MKL). The bench makes that
+choice before either tool runs (``same_kernels``), so TRL runs on the same kernels and the ratio is
+tuneloop's own work, not the matmul library's.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from sft_measure import same_kernels  # noqa: E402  (bench/)
 
 HH_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
 
@@ -257,6 +262,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    same_kernels()
     from tuneloop.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)

@@ -16,6 +16,10 @@ Measured: pairs/s of the training loop alone (tuneloop: from its first to its la
 scorer, right padding, head on [CLS]). Goals: ratio ≥ 2, ours ≥ TRL's. Needs the bench extra
 (``pip install -e '.[bench]'``). The two runs share the CPU with whatever else runs on it: compare
 them only within one invocation.
+Kernels: both tools run in this one process, and tuneloop's training loop routes every fp32 ``F.linear``
+of the process through ``models/matmul.py``'s choice (oneDNN where it beats MKL). The bench makes that
+choice before either tool runs (``same_kernels``), so TRL runs on the same kernels and the ratio is
+tuneloop's own work, not the matmul library's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from sft_measure import same_kernels  # noqa: E402  (bench/)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
 
@@ -157,6 +162,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    same_kernels()
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="reward-vs-trl-"))
     work.mkdir(parents=True, exist_ok=True)
     files, train_rows, eval_rows, kind = prepare(args, work)

@@ -42,6 +42,18 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 12) -> dict:
             "n": n, "threads": torch.get_num_threads()}
 
 
+def same_kernels() -> str:
+    """Route this process's fp32 ``F.linear`` calls through tuneloop's matmul choice now, before either tool
+    runs (tuneloop's training loop would do it at its first run, and TRL would then follow it or not
+    depending on the order): both tools of an in-process bench run on the same kernels. Prints and
+    returns the backend."""
+    from tuneloop.models.matmul import use_fast_linear
+
+    backend = use_fast_linear().value
+    print(f"[bench] both tools' linear layers run on {backend} (tuneloop's choice for this CPU)", flush=True)
+    return backend
+
+
 @dataclass
 class Forward:
     """What one training forward call processed."""

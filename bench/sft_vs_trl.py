@@ -65,6 +65,10 @@ GFLOP/s (model FLOPs), MFU, MFU head@all, loss over all steps (first, mean, mean
 tok/cpu-s and MFU/cpu (the same per process CPU-second, against the peak's FLOPs per CPU-second: far
 less sensitive to other processes than tok/s and MFU, most of all with --threads 1; with more threads,
 OpenMP threads that spin while waiting count as busy).
+Kernels: both tools run in this one process, and tuneloop's training loop routes every fp32 ``F.linear``
+of the process through ``models/matmul.py``'s choice (oneDNN where it beats MKL). The bench makes that
+choice before either tool runs (``same_kernels``), so TRL runs on the same kernels and the ratio is
+tuneloop's own work, not the matmul library's.
 """
 
 from __future__ import annotations
@@ -84,7 +88,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch
-from sft_measure import FlopModel, ForwardRecorder, StepTiming, VariantResult, matmul_peak_gflops  # bench/
+from sft_measure import (  # bench/
+    FlopModel,
+    ForwardRecorder,
+    StepTiming,
+    VariantResult,
+    matmul_peak_gflops,
+    same_kernels,
+)
 
 VARIANTS = ("tuneloop-unpacked", "trl-unpacked", "tuneloop-packed", "trl-packed")
 
@@ -274,6 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    same_kernels()
     import transformers
 
     from tuneloop.models.loading import resolve_model_name
