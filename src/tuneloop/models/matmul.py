@@ -112,7 +112,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` on this process's backend (oneDNN for eligible tensors when ``linear_backend`` says so)."""
-    if linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, bias):
+    if x.device.type == "cpu" and linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, bias):
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
             rows = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
             return rows.view(*x.shape[:-1], weight.shape[0])
@@ -122,7 +122,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def add_linear_(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """out += x Wᵀ in place (no autograd: the decode engine's residual adds); ``out``."""
-    if linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, None):
+    if x.device.type == "cpu" and linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, None):
         return out.add_(_onednn_linear(x, weight))
     return out.addmm_(x, weight.t())
 
