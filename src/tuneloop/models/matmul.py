@@ -3,9 +3,9 @@
 torch runs an fp32 ``F.linear`` on CPU through MKL, whose kernels are chosen by CPU vendor: on AMD
 CPUs with AVX-512 (e.g. EPYC Zen 4/5) MKL runs its AVX2 code, half the vector width. oneDNN, which torch
 ships as well, picks its kernels by instruction set. Measured on a 2-core AMD EPYC (family 26, AVX-512),
-2 threads, every SmolLM2-135M weight shape once: 2.2-2.4× the GFLOP/s of ``F.linear`` at 1 to 370 rows
-(128 → 289 GFLOP/s at 64 rows; 2048² matmul 233 → 502). On a CPU where MKL runs its best kernels the two
-are close, and torch's stays.
+2 threads, every SmolLM2-135M weight shape once: 2.0-2.3× the GFLOP/s of ``F.linear`` at 1 to 370 rows
+(128 → 287 GFLOP/s at 64 rows; 2048² matmul 233 → 502). Where the two are close (an earlier machine of
+this project measured them within ±15% at 32-64 rows), torch's stays.
 
 Which one runs is decided once per process (``linear_backend``): ``TUNELOOP_LINEAR=torch`` or ``onednn``
 in the environment, or by default (``auto``) a ~0.1 s measurement of both on one layer-sized matmul,
