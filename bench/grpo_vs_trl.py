@@ -37,9 +37,10 @@ One known difference: TRL adds 1e-4 to the group std, tuneloop 1e-6 (a relative 
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
    Each tool on its own matmul: TRL on torch's (MKL), tuneloop on ``models/matmul.py``'s choice (oneDNN
-   where it is faster; ``TUNELOOP_LINEAR=torch`` in the environment gives the ratio on the same kernels).
-   In the agreement's single process TRL runs after tuneloop has routed ``F.linear`` through its choice,
-   so there both tools use the same kernels.
+   where it is faster). ``--trl-same-kernels`` runs TRL on that choice too (the ratio on equal kernels);
+   ``TUNELOOP_LINEAR=torch`` in the environment puts both on MKL.
+   In the agreement's single process tuneloop's run uses its choice and TRL, after it, torch's: the
+   agreement holds across the two kernels.
 The machine's load average is printed: on a shared machine the ratio is "under load".
 """
 
@@ -85,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--perturb", type=float, default=0.02, help="std of the agreement's LoRA B entries")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", choices=["none", "agreement", "speed"], default="none")
+    p.add_argument("--trl-same-kernels", action="store_true",
+                   help="run TRL's speed child on tuneloop's matmul choice too (oneDNN where it is faster): the "
+                        "ratio on equal kernels; by default TRL runs as shipped, on torch's MKL matmul")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--worker", choices=["agreement", "tuneloop", "trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)

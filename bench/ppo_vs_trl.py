@@ -43,9 +43,10 @@ than once per mini-batch, an optimizer-only difference that costs nothing measur
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
    Each tool on its own matmul: TRL on torch's (MKL), tuneloop on ``models/matmul.py``'s choice (oneDNN
-   where it is faster; ``TUNELOOP_LINEAR=torch`` in the environment gives the ratio on the same kernels).
-   In the agreement's single process TRL runs after tuneloop has routed ``F.linear`` through its choice,
-   so there both tools use the same kernels.
+   where it is faster). ``--trl-same-kernels`` runs TRL on that choice too (the ratio on equal kernels);
+   ``TUNELOOP_LINEAR=torch`` in the environment puts both on MKL.
+   In the agreement's single process tuneloop's run uses its choice and TRL, after it, torch's: the
+   agreement holds across the two kernels.
 The machine's load average is printed: on a shared machine the ratio is "under load". Size: 8 episodes
 per round took 39 min in all at load 6–11 (agreement 20, tuneloop 10.5, TRL 8.5); the default of 4 took
 8 min at load 2–2.5 (1.10×, 0.91× the peak RSS); idle numbers in docs/perf/README.md.
@@ -94,6 +95,9 @@ def parse_args(argv=None):
     p.add_argument("--trl-dir", default=os.environ.get("TRL112_DIR",
                                                        str(Path.home() / ".cache" / "tuneloop" / "trl-1.12.0")))
     p.add_argument("--skip", choices=["none", "agreement", "speed"], default="none")
+    p.add_argument("--trl-same-kernels", action="store_true",
+                   help="run TRL's speed child on tuneloop's matmul choice too (oneDNN where it is faster): the "
+                        "ratio on equal kernels; by default TRL runs as shipped, on torch's MKL matmul")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--worker", choices=["agreement", "tuneloop", "trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -428,6 +432,10 @@ def print_speed(results: dict, title: str, peer: str, rounds: int) -> None:
 def run_worker(args, workers: dict) -> int:
     """In a child process: run the worker named by ``--worker``, write its JSON (with its peak RSS) to ``--out``."""
     started = time.perf_counter()
+    if args.worker == "trl" and args.trl_same_kernels:
+        from sft_measure import same_kernels  # bench/
+
+        same_kernels()
     result = workers[args.worker](args)
     result.update(peak_rss_mb=peak_rss_mb(), wall_s=time.perf_counter() - started)
     Path(args.out).write_text(json.dumps(result, default=str))

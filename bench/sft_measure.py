@@ -47,9 +47,10 @@ def same_kernels() -> str:
     runs (tuneloop's training loop would do it at its first run, and TRL would then follow it or not
     depending on the order): both tools of an in-process bench run on the same kernels. Prints and
     returns the backend."""
-    from tuneloop.models.matmul import use_fast_linear
+    from tuneloop.models.matmul import fast_linear
 
-    backend = use_fast_linear().value
+    block = fast_linear()  # open for the rest of the bench process (a script: nothing runs after it)
+    backend = block.__enter__().value
     print(f"[bench] both tools' linear layers run on {backend} (tuneloop's choice for this CPU)", flush=True)
     return backend
 

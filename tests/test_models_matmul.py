@@ -73,6 +73,7 @@ def test_a_slice_of_the_output_can_be_modified_in_place(backend):
         return logits.square().sum()
 
     expected = torch.autograd.grad(loss(F.linear), [x, weight])
+    assert _ran_on_onednn(matmul.linear(x, weight))
     got = torch.autograd.grad(loss(matmul.linear), [x, weight])
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-5)
@@ -82,7 +83,9 @@ def test_a_frozen_weight_gets_no_gradient_and_the_input_does(backend):
     backend("onednn")
     x, weight = _leaves((4, 8), (6, 8))
     weight.requires_grad_(False)
-    matmul.linear(x, weight).square().sum().backward()
+    y = matmul.linear(x, weight)
+    assert _ran_on_onednn(y)
+    y.square().sum().backward()
     assert weight.grad is None
     torch.testing.assert_close(x.grad, (2 * F.linear(x, weight)) @ weight)
 
@@ -95,24 +98,71 @@ def test_the_mode_reroutes_nn_linear_and_falls_back_where_onednn_does_not_apply(
         y = layer(x)
         keyword = F.linear(input=x, weight=layer.weight, bias=layer.bias)
         double = layer.double()(x.double())  # fp64: torch's own matmul
-    assert _ran_on_onednn(y)
+    assert _ran_on_onednn(y) and _ran_on_onednn(keyword)
     torch.testing.assert_close(keyword, y)
     assert double.dtype == torch.float64 and type(double.grad_fn).__name__ == "AddmmBackward0"
     torch.testing.assert_close(double.float(), y, rtol=1e-6, atol=1e-6)
 
 
-def test_add_linear_adds_in_place(backend):
+def test_add_linear_adds_in_place(backend, monkeypatch):
     backend("onednn")
     out, x, weight = (t.detach() for t in _leaves((4, 6), (4, 8), (6, 8)))
     expected = out + x @ weight.t()
+    monkeypatch.setattr(torch.Tensor, "addmm_", None)  # torch's path would fail: the sum is oneDNN's
     assert matmul.add_linear_(out, x, weight) is out
     torch.testing.assert_close(out, expected)
 
 
-def test_the_environment_variable_is_checked(backend):
+def test_what_onednn_does_not_take_goes_to_torch(backend):
+    """A 1-D weight, a shape mismatch (torch's own error message) and an empty batch."""
+    backend("onednn")
+    x = torch.randn(3, 8, requires_grad=True)
+    assert matmul.linear(x, torch.randn(8)).shape == (3,)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        matmul.linear(x, torch.randn(4, 5))
+    empty = torch.zeros(0, 8, requires_grad=True)
+    weight = torch.randn(4, 8, requires_grad=True)
+    matmul.linear(empty, weight).sum().backward()
+    assert torch.equal(weight.grad, torch.zeros(4, 8))
+
+
+def test_fast_linear_lasts_for_its_block_and_nests(backend):
+    backend("onednn")
+    layer, x = torch.nn.Linear(8, 4), torch.randn(3, 8)
+    with matmul.fast_linear() as chosen:
+        assert chosen is matmul.LinearBackend.ONEDNN and _ran_on_onednn(layer(x))
+        with matmul.fast_linear():
+            assert _ran_on_onednn(layer(x))
+        assert _ran_on_onednn(layer(x))  # the inner block did not close the outer one's mode
+    assert type(layer(x).grad_fn).__name__ == "AddmmBackward0"
+    backend("torch")
+    with matmul.fast_linear() as chosen:
+        assert chosen is matmul.LinearBackend.TORCH
+        assert type(layer(x).grad_fn).__name__ == "AddmmBackward0"
+
+
+def test_auto_measures_torch_itself_even_inside_the_mode(backend, monkeypatch):
+    """auto keeps oneDNN at MIN_SPEEDUP or more; the measurement times torch's F.linear, not the mode's."""
+    monkeypatch.setattr(matmul, "measure_speedup", lambda: matmul.MIN_SPEEDUP)
+    assert backend("") is matmul.LinearBackend.ONEDNN  # empty = auto
+    monkeypatch.setattr(matmul, "measure_speedup", lambda: matmul.MIN_SPEEDUP - 0.01)
+    assert backend("auto") is matmul.LinearBackend.TORCH
+    monkeypatch.undo()
+    backend("onednn")
+    calls = []
+    monkeypatch.setattr(matmul, "_onednn_linear", lambda *a: calls.append(1) or torch.zeros(()))
+    with matmul.FastLinear():
+        matmul.measure_speedup(rows=2, inputs=4, outputs=4)
+    assert len(calls) == 6  # oneDNN's own 1 + 5 timed calls; torch's F.linear was not rerouted
+
+
+def test_the_environment_variable_is_checked(backend, monkeypatch):
     assert backend("torch") is matmul.LinearBackend.TORCH
     with pytest.raises(ValueError, match="TUNELOOP_LINEAR must be auto, torch or onednn, got 'mkl'"):
         backend("mkl")
+    monkeypatch.setattr(matmul, "onednn_available", lambda: False)
+    with pytest.raises(ValueError, match="TUNELOOP_LINEAR=onednn, but this torch build has no oneDNN"):
+        backend("onednn")
 
 
 def test_the_engine_on_onednn_samples_what_torch_teacher_forces(backend, sharp_model, tiny_tokenizer):

@@ -24,6 +24,7 @@ from tuneloop.evaluate.policy import (
     win_rates,
 )
 from tuneloop.models import ModelConfig, load_causal_lm
+from tuneloop.models.matmul import with_fast_linear
 from tuneloop.rewards.evaluation import _json_safe  # NaN/inf → null, as the reward report writes them
 
 REWARD_MODEL = "reward_model"
@@ -57,18 +58,14 @@ def _checkpoint_models(spec_checkpoints: list[str], out: Path) -> list[tuple[str
     return models
 
 
+@with_fast_linear  # the scorers' and teacher-forced forwards on oneDNN where it is faster (the engine uses it anyway)
 def evaluate(cfg: EvalConfig) -> dict:
     """Run every step, write ``<out>/eval.json``, print the table; returns the JSON content."""
-    import torch
-
-    from tuneloop.models.matmul import use_fast_linear
     from tuneloop.rewards.functions import load_function
 
     started = time.time()
     if not cfg.policies:
         raise ValueError("eval needs at least one policy (eval.policies or --model)")
-    if not torch.cuda.is_available():
-        use_fast_linear()  # the scorers' and teacher-forced forwards (the engine uses it in any case)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     # 1. prompts, reference, scorers, judge

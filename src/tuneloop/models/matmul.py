@@ -14,19 +14,24 @@ of fp32 (another summation order), as two BLAS libraries do.
 
 ``linear(x, weight, bias)`` is ``F.linear`` on the chosen backend, with autograd (the backward's two
 matmuls on oneDNN too); ``FastLinear`` is a torch-function mode that sends every eligible ``F.linear``
-(an fp32 CPU tensor and weight: transformers' and peft's ``nn.Linear`` layers) through it, which the
-training loops enter for the whole process (``use_fast_linear``).
+(an fp32 CPU tensor and weight: transformers' and peft's ``nn.Linear`` layers) through it. The training
+loops and ``tuneloop eval`` run inside it for the length of the run (``with_fast_linear``); the decode
+engine calls ``linear`` directly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import os
+import threading
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
 MIN_SPEEDUP = 1.25  # oneDNN must be this much faster than torch's matmul to be chosen by ``auto``
@@ -61,13 +66,14 @@ def measure_speedup(rows: int = 32, inputs: int = 1024, outputs: int = 4096) -> 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, inputs, generator=generator)
     weight = torch.randn(outputs, inputs, generator=generator)
-    return _best_time(lambda: F.linear(x, weight)) / _best_time(lambda: _onednn_linear(x, weight))
+    with torch._C.DisableTorchFunction():  # torch's own F.linear, even inside a FastLinear mode
+        return _best_time(lambda: F.linear(x, weight)) / _best_time(lambda: _onednn_linear(x, weight))
 
 
 @functools.cache
 def linear_backend() -> LinearBackend:
     """The backend of this process: ``TUNELOOP_LINEAR`` (torch, onednn or auto; auto by default)."""
-    choice = os.environ.get("TUNELOOP_LINEAR", "auto").strip().lower()
+    choice = os.environ.get("TUNELOOP_LINEAR", "").strip().lower() or "auto"
     if choice not in ("auto", "torch", "onednn"):
         raise ValueError(f"TUNELOOP_LINEAR must be auto, torch or onednn, got {choice!r}")
     if choice == "torch" or not onednn_available():
@@ -80,10 +86,13 @@ def linear_backend() -> LinearBackend:
 
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """fp32 dense CPU tensors of torch's own type (not DTensor or other subclasses, not quantized)."""
+    """fp32 dense CPU tensors of torch's own type (not DTensor or other subclasses, not quantized), a 2-D
+    weight whose inputs match x's last dimension, at least one row: anything else is left to torch."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors) and all(
-        t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in tensors)
+    return (all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in tensors)
+            and weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and x.numel() > 0
+            and (bias is None or bias.shape == (weight.shape[0],)))
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -93,11 +102,14 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         """x (N, in) 2-D: oneDNN returns a view for more dimensions, and an output that is a view made
         inside a Function could not be modified in place (``linear`` reshapes around it instead)."""
-        ctx.save_for_backward(x, weight)
+        # Only what the backward needs: a frozen weight (LoRA's base layers) keeps no input alive.
+        weight_grad, input_grad = weight.requires_grad, x.requires_grad
+        ctx.save_for_backward(x.contiguous() if weight_grad else None, weight if input_grad else None)
         ctx.has_bias = bias is not None
         return _onednn_linear(x, weight, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
@@ -141,15 +153,42 @@ def _linear_call(input, weight, bias=None):  # noqa: A002  (F.linear's own argum
     return linear(input, weight, bias)
 
 
-_PROCESS_MODE: FastLinear | None = None
+_ACTIVE = threading.local()  # .depth: fast_linear() blocks open in this thread
 
 
-def use_fast_linear() -> LinearBackend:
-    """Route this process's (this thread's) ``F.linear`` calls through ``linear`` from now on, when the
-    backend is oneDNN; idempotent. The backend in use."""
-    global _PROCESS_MODE
-    backend = linear_backend()
-    if backend is LinearBackend.ONEDNN and _PROCESS_MODE is None:
-        _PROCESS_MODE = FastLinear()
-        _PROCESS_MODE.__enter__()
-    return backend
+@contextlib.contextmanager
+def fast_linear() -> Iterator[LinearBackend]:
+    """Within the block, this thread's ``F.linear`` calls go through ``linear`` (a ``FastLinear`` mode),
+    when the backend is oneDNN and no GPU is in use; nested blocks add nothing. Yields the backend."""
+    backend = LinearBackend.TORCH if torch.cuda.is_available() else linear_backend()
+    if backend is not LinearBackend.ONEDNN or getattr(_ACTIVE, "depth", 0):
+        _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
+        try:
+            yield backend
+        finally:
+            _ACTIVE.depth -= 1
+        return
+    _ACTIVE.depth = 1
+    try:
+        with FastLinear():
+            yield backend
+    finally:
+        _ACTIVE.depth = 0
+
+
+def with_fast_linear(fn):
+    """Decorator: run ``fn`` inside ``fast_linear()`` (the training loops' and ``tuneloop eval``'s entry
+    points: the mode lasts as long as the run, and the backend is printed once per process)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with fast_linear() as backend:
+            _announce(backend)
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@functools.cache
+def _announce(backend: LinearBackend) -> None:
+    if backend is LinearBackend.ONEDNN:
+        print("[tuneloop] linear layers on oneDNN (faster than torch's MKL matmul on this CPU; "
+              "TUNELOOP_LINEAR=torch to turn off)", flush=True)

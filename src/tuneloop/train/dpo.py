@@ -44,6 +44,7 @@ from tuneloop.losses.dpo import (
 from tuneloop.models import ModelConfig, load_causal_lm
 from tuneloop.models.loading import load_tokenizer, save_model
 from tuneloop.models.logprobs import sequence_logps, supports_logits_to_keep
+from tuneloop.models.matmul import with_fast_linear
 from tuneloop.models.modes import eval_mode
 from tuneloop.models.reference import load_frozen
 from tuneloop.runs import RunDir
@@ -228,6 +229,7 @@ def _reference_model(cfg: DPOConfig, policy):
     return load_frozen(ModelConfig(name=cfg.reference.model, attn_implementation=cfg.model.attn_implementation))
 
 
+@with_fast_linear  # fp32 linear layers on oneDNN for the run where it beats MKL (models/matmul.py)
 def train(cfg: DPOConfig, resume_dir: str | Path | None = None,
           on_micro_batch: Callable[[int, int], None] | None = None) -> DPOResult:
     """Train, write the run folder, return where the model is.

@@ -68,13 +68,10 @@ def start_accelerator(seed: int):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from tuneloop.models.matmul import use_fast_linear
     from tuneloop.runtime import keep_freed_memory
 
     keep_freed_memory()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if accelerator.device.type == "cpu":
-        use_fast_linear()
     set_seed(seed)
     return accelerator
 

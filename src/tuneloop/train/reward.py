@@ -45,6 +45,7 @@ from tuneloop.losses.preference import (
 )
 from tuneloop.metrics.preference import pair_accuracy
 from tuneloop.models.loading import load_tokenizer, resolve_model_name
+from tuneloop.models.matmul import with_fast_linear
 from tuneloop.models.modes import eval_mode
 from tuneloop.models.reward import (
     TEMPLATES,
@@ -292,6 +293,7 @@ CURVE_PANELS = [("loss", ["loss"]), ("pairwise accuracy", ["accuracy"]), ("learn
                 ("gradient norm", ["grad_norm"]), ("units per second", ["units_per_s"])]
 
 
+@with_fast_linear  # fp32 linear layers on oneDNN for the run where it beats MKL (models/matmul.py)
 def train(cfg: RewardConfig, resume_dir: str | Path | None = None,
           on_micro_batch: Callable[[int, int], None] | None = None) -> RewardResult:
     """Train a reward model, write the run folder, return where the model is.

@@ -51,6 +51,7 @@ from tuneloop.losses.rl_rewards import (
 )
 from tuneloop.models import load_causal_lm
 from tuneloop.models.loading import load_tokenizer, save_model
+from tuneloop.models.matmul import with_fast_linear
 from tuneloop.models.value import build_value_model
 from tuneloop.runs import RunDir
 from tuneloop.train.optim import build_optimizer, build_scheduler
@@ -299,6 +300,7 @@ def _write_samples(run: RunDir, round_done: int, s: _Session, rollout: Rollout, 
         writer.add_text("samples", table, round_done)
 
 
+@with_fast_linear  # fp32 linear layers on oneDNN for the run where it beats MKL (models/matmul.py)
 def train(cfg: RLConfig, resume_dir: str | Path | None = None,
           on_round: Callable[[int], None] | None = None) -> RLResult:
     """Train the policy against the reward; ``on_round(rounds_done)`` is called after each round's

@@ -34,6 +34,7 @@ from tuneloop.models import ModelConfig, load_causal_lm
 from tuneloop.models.attention import document_bounds, uses_document_attention
 from tuneloop.models.loading import load_tokenizer, save_model
 from tuneloop.models.logprobs import supports_logits_to_keep
+from tuneloop.models.matmul import with_fast_linear
 from tuneloop.models.modes import eval_mode
 from tuneloop.runs import RunConfig
 from tuneloop.train.batch_plan import BatchConfig, make_batch_plan, step_micro_batches
@@ -156,6 +157,7 @@ CURVE_PANELS = [("loss", ["loss"]), ("learning rate", ["lr"]), ("gradient norm",
                 ("tokens per second", ["tokens_per_s"])]
 
 
+@with_fast_linear  # fp32 linear layers on oneDNN for the run where it beats MKL (models/matmul.py)
 def train(cfg: SFTConfig, resume_dir: str | Path | None = None,
           on_micro_batch: Callable[[int, int], None] | None = None) -> SFTResult:
     """Fine-tune, write the run folder, return where the model is.
