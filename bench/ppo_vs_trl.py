@@ -43,8 +43,10 @@ than once per mini-batch, an optimizer-only difference that costs nothing measur
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
    Each tool on its own matmul: TRL on torch's (MKL), tuneloop on ``models/matmul.py``'s choice (oneDNN
-   where it is faster). ``--trl-same-kernels`` runs TRL on that choice too (the ratio on equal kernels);
-   ``TUNELOOP_LINEAR=torch`` in the environment puts both on MKL.
+   where it is faster). ``TUNELOOP_LINEAR=torch`` in the environment puts both on MKL: the ratio on equal
+   kernels. ``--trl-same-kernels`` routes TRL through tuneloop's torch-function mode, whose per-op Python
+   dispatch slows transformers' ``generate()`` more than oneDNN speeds it (measured: GRPO's TRL 0.77
+   against 0.88-0.92 episodes/s on MKL), so it does not measure "TRL on oneDNN".
    In the agreement's single process tuneloop's run uses its choice and TRL, after it, torch's: the
    agreement holds across the two kernels.
 The machine's load average is printed: on a shared machine the ratio is "under load". Size: 8 episodes
