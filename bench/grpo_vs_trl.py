@@ -36,13 +36,8 @@ One known difference: TRL adds 1e-4 to the group std, tuneloop 1e-6 (a relative 
 2. Speed (one child process per tool, so that each peak RSS is its own): ``--rounds`` rounds of real
    sampling; episodes/s over rounds 2.. (the wall time from the end of round 1 to the end of the last
    round, everything each tool does in between); peak RSS (``ru_maxrss``) of the whole child.
-   Each tool on its own matmul: TRL on torch's (MKL), tuneloop on ``models/matmul.py``'s choice (oneDNN
-   where it is faster). ``TUNELOOP_LINEAR=torch`` in the environment puts both on MKL: the ratio on equal
-   kernels. ``--trl-same-kernels`` routes TRL through tuneloop's torch-function mode, whose per-op Python
-   dispatch slows transformers' ``generate()`` more than oneDNN speeds it (measured: GRPO's TRL 0.77
-   against 0.88-0.92 episodes/s on MKL), so it does not measure "TRL on oneDNN".
-   In the agreement's single process tuneloop's run uses its choice and TRL, after it, torch's: the
-   agreement holds across the two kernels.
+   Which matmul kernels each tool runs, ``TUNELOOP_LINEAR=torch`` and ``--trl-same-kernels``: as in
+   bench/ppo_vs_trl.py's docstring (its TRL measurement of ``--trl-same-kernels`` came from this bench).
 The machine's load average is printed: on a shared machine the ratio is "under load".
 """
 
