@@ -147,6 +147,11 @@ def test_auto_measures_torch_itself_even_inside_the_mode(backend, monkeypatch):
     assert backend("") is matmul.LinearBackend.ONEDNN  # empty = auto
     monkeypatch.setattr(matmul, "measure_speedup", lambda: matmul.MIN_SPEEDUP - 0.01)
     assert backend("auto") is matmul.LinearBackend.TORCH
+    monkeypatch.setattr(matmul, "measure_speedup", lambda: matmul.MIN_SPEEDUP)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun rank: torch's matmul (multi-process runs aborted at exit)
+    assert backend("auto") is matmul.LinearBackend.TORCH
+    assert backend("onednn") is matmul.LinearBackend.ONEDNN  # unless asked for
+    monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.undo()
     backend("onednn")
     calls = []

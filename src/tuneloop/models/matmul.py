@@ -9,7 +9,7 @@ this project measured them within ±15% at 32-64 rows), torch's stays.
 
 Which one runs is decided once per process (``linear_backend``): ``TUNELOOP_LINEAR=torch`` or ``onednn``
 in the environment, or by default (``auto``) a ~0.1 s measurement of both on one layer-sized matmul,
-oneDNN kept only when it is at least ``MIN_SPEEDUP`` faster. Results differ from torch's in the last bits
+oneDNN kept only when it is at least ``MIN_SPEEDUP`` faster and the run has one process (see there). Results differ from torch's in the last bits
 of fp32 (another summation order), as two BLAS libraries do.
 
 ``linear(x, weight, bias)`` is ``F.linear`` on the chosen backend, with autograd (the backward's two
@@ -82,6 +82,11 @@ def linear_backend() -> LinearBackend:
         return LinearBackend.TORCH
     if choice == "onednn":
         return LinearBackend.ONEDNN
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Multi-process (torchrun) runs stay on torch's matmul: with oneDNN, 2-process CPU runs under gloo
+        # aborted at exit in about 1 of 8 rounds of the multi-process tests ("terminate called without an
+        # active exception", exit -6, after the last step); with torch's, 0 of 6. Cause not found yet.
+        return LinearBackend.TORCH
     return LinearBackend.ONEDNN if measure_speedup() >= MIN_SPEEDUP else LinearBackend.TORCH
 
 
