@@ -18,7 +18,7 @@ cos/sin, softmax attention with scale 1/sqrt(D)); what changes is the shape of t
 - scale and mask are applied by the scores' batched matmul (``baddbmm``), the residual adds in place
   after the output matmuls (``add_linear_``), RMSNorm is one fused op, queries and keys are rotated together;
 - the linear layers run on ``models/matmul.py``'s backend: oneDNN where it beats torch's MKL matmul
-  (~2.3× on AMD CPUs with AVX-512), torch's otherwise;
+  (2.0-2.3× on this project's AMD EPYC with AVX-512), torch's otherwise;
 - no per-call mask building, output records or cache objects.
 
 Prefill (``LlamaForward.prefill``): all prompts admitted together run as one packed batch of tokens

@@ -9,8 +9,8 @@ this project measured them within ±15% at 32-64 rows), torch's stays.
 
 Which one runs is decided once per process (``linear_backend``): ``TUNELOOP_LINEAR=torch`` or ``onednn``
 in the environment, or by default (``auto``) a ~0.1 s measurement of both on one layer-sized matmul,
-oneDNN kept only when it is at least ``MIN_SPEEDUP`` faster and the run has one process (see there). Results differ from torch's in the last bits
-of fp32 (another summation order), as two BLAS libraries do.
+oneDNN kept only when it is at least ``MIN_SPEEDUP`` faster and the run has one process (see there).
+Results differ from torch's in the last bits of fp32 (another summation order), as two BLAS libraries do.
 
 ``linear(x, weight, bias)`` is ``F.linear`` on the chosen backend, with autograd (the backward's two
 matmuls on oneDNN too); ``FastLinear`` is a torch-function mode that sends every eligible ``F.linear``
@@ -127,9 +127,14 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """oneDNN for this call: a CPU input (a GPU run never measures), the oneDNN backend, eligible tensors."""
+    return x.device.type == "cpu" and linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, bias)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` on this process's backend (oneDNN for eligible tensors when ``linear_backend`` says so)."""
-    if x.device.type == "cpu" and linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, bias):
+    if _use_onednn(x, weight, bias):
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
             rows = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
             return rows.view(*x.shape[:-1], weight.shape[0])
@@ -139,7 +144,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def add_linear_(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """out += x Wᵀ in place (no autograd: the decode engine's residual adds); ``out``."""
-    if x.device.type == "cpu" and linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, None):
+    if _use_onednn(x, weight, None):
         return out.add_(_onednn_linear(x, weight))
     return out.addmm_(x, weight.t())
 
@@ -166,19 +171,13 @@ def fast_linear() -> Iterator[LinearBackend]:
     """Within the block, this thread's ``F.linear`` calls go through ``linear`` (a ``FastLinear`` mode),
     when the backend is oneDNN and no GPU is in use; nested blocks add nothing. Yields the backend."""
     backend = LinearBackend.TORCH if torch.cuda.is_available() else linear_backend()
-    if backend is not LinearBackend.ONEDNN or getattr(_ACTIVE, "depth", 0):
-        _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
-        try:
-            yield backend
-        finally:
-            _ACTIVE.depth -= 1
-        return
-    _ACTIVE.depth = 1
+    depth = getattr(_ACTIVE, "depth", 0)
+    _ACTIVE.depth = depth + 1
     try:
-        with FastLinear():
+        with FastLinear() if backend is LinearBackend.ONEDNN and depth == 0 else contextlib.nullcontext():
             yield backend
     finally:
-        _ACTIVE.depth = 0
+        _ACTIVE.depth = depth
 
 
 def with_fast_linear(fn):
