@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from handvalues import close
+from handvalues import assert_near
 
 from tuneloop.evaluate.overoptimization import (
     GaoForm,
@@ -28,17 +28,17 @@ def test_sequence_kl_k1_k3_per_sequence_and_per_token():
     Sequence 2: one token, identical log-probs → 0 and 0.
     Per token (3 tokens): k1 = −0.5 / 3 = −0.1666667, k3 = 0.8248125 / 3 = 0.2749375."""
     kl = sequence_kl([T([-1.0, -2.0]), T([-0.7])], [T([-1.5, -1.0]), T([-0.7])])
-    close(kl.k1_sequence, [-0.5, 0.0])
-    close(kl.k3_sequence, [0.8248125, 0.0])
-    close(kl.k1_token, -0.1666667)
-    close(kl.k3_token, 0.2749375)
+    assert_near(kl.k1_sequence, [-0.5, 0.0])
+    assert_near(kl.k3_sequence, [0.8248125, 0.0])
+    assert_near(kl.k1_token, -0.1666667)
+    assert_near(kl.k3_token, 0.2749375)
     assert kl.tokens == 3
 
 
 def test_sequence_kl_of_identical_policies_is_zero_and_k3_never_negative():
     lp = [torch.randn(5), torch.randn(2)]
     same = sequence_kl(lp, [x.clone() for x in lp])
-    close([same.k1_token, same.k3_token], [0.0, 0.0])
+    assert_near([same.k1_token, same.k3_token], [0.0, 0.0])
     other = sequence_kl(lp, [torch.randn(5), torch.randn(2)])
     assert min(other.k3_sequence) >= 0
 
@@ -81,26 +81,26 @@ def test_pairwise_outcomes_ties_count_half():
 def test_distinct_and_repetition():
     """["a b a b", "a b c"]: bigrams ab, ba, ab, ab, bc → 3 distinct of 5 = 0.6; unigrams 3 of 7.
     "a b a b": bigrams ab, ba, ab → 1 − 2/3 = 1/3 repeated; a one-word text has no bigram → 0."""
-    close(distinct_n(["a b a b", "A b c"], 2), 0.6)
-    close(distinct_n(["a b a b", "a b c"], 1), 3 / 7)
-    close(repetition_n("a b a b", 2), 1 / 3)
+    assert_near(distinct_n(["a b a b", "A b c"], 2), 0.6)
+    assert_near(distinct_n(["a b a b", "a b c"], 1), 3 / 7)
+    assert_near(repetition_n("a b a b", 2), 1 / 3)
     assert repetition_n("a", 2) == 0.0 and math.isnan(distinct_n(["a"], 2))
 
 
 def test_gao_best_of_n_fit_recovers_alpha_beta():
     """α = 1, β = 0.5: R(1) = 1·(1 − 0.5) = 0.5, R(2) = 2·(1 − 1) = 0; peak at α / 2β = 1."""
     fit = fit_gao([1.0, 2.0], [0.5, 0.0], GaoForm.BEST_OF_N)
-    close([fit.alpha, fit.beta, fit.residual], [1.0, 0.5, 0.0])
-    close(fit.peak(), 1.0)
-    close(fit.predict([0.0, 1.0]), [0.0, 0.5])
+    assert_near([fit.alpha, fit.beta, fit.residual], [1.0, 0.5, 0.0])
+    assert_near(fit.peak(), 1.0)
+    assert_near(fit.predict([0.0, 1.0]), [0.0, 0.5])
 
 
 def test_gao_rl_fit_recovers_alpha_beta():
     """α = 1, β = 0.5: R(1) = 1·(1 − 0) = 1, R(e) = e·(1 − 0.5) = 1.3591409; the peak solves
     α − β(log d + 1) = 0 → d = e^(α/β − 1) = e = 2.7182818. R(0) = 0 (d log d → 0)."""
     fit = fit_gao([0.0, 1.0, math.e], [0.0, 1.0, 1.3591409], GaoForm.RL)
-    close([fit.alpha, fit.beta], [1.0, 0.5])
-    close(fit.peak(), 2.7182818)
+    assert_near([fit.alpha, fit.beta], [1.0, 0.5])
+    assert_near(fit.peak(), 2.7182818)
 
 
 def test_gao_peak_only_where_the_fit_rises_then_falls():
@@ -110,7 +110,8 @@ def test_gao_peak_only_where_the_fit_rises_then_falls():
 
     assert GaoFit(GaoForm.BEST_OF_N, -0.2, 0.1, 0.0).peak() is None
     assert GaoFit(GaoForm.RL, 1.0, -0.1, 0.0).peak() is None
-    close(GaoFit(GaoForm.RL, -0.1, 0.1, 0.0).peak(), math.exp(-2))  # e^(α/β − 1): the RL form rises first
+    # e^(α/β − 1): the RL form rises first
+    assert_near(GaoFit(GaoForm.RL, -0.1, 0.1, 0.0).peak(), math.exp(-2))
 
 
 def test_gao_fit_needs_two_points_away_from_the_start():
@@ -120,7 +121,7 @@ def test_gao_fit_needs_two_points_away_from_the_start():
 
 def test_best_of_n_kl():
     """log n − (n − 1)/n: n = 1 → 0; n = 2 → 0.6931472 − 0.5 = 0.1931472; n = 4 → 1.3862944 − 0.75."""
-    close([best_of_n_kl(1), best_of_n_kl(2), best_of_n_kl(4)], [0.0, 0.1931472, 0.6362944])
+    assert_near([best_of_n_kl(1), best_of_n_kl(2), best_of_n_kl(4)], [0.0, 0.1931472, 0.6362944])
 
 
 def test_best_of_n_expectation_over_all_subsets():
@@ -128,9 +129,9 @@ def test_best_of_n_expectation_over_all_subsets():
     {0,2} → #2 (3, 0.5), {1,2} → #1 (2, 0.9): gold 7/3 = 2.3333333, proxy 2.3/3 = 0.7666667.
     n = 1: plain means, gold 2, proxy 1.6/3 = 0.5333333. n = 3: the best by proxy, gold 2, proxy 0.9."""
     proxy, gold = T([[0.2, 0.9, 0.5]]), T([[1.0, 2.0, 3.0]])
-    close(best_of_n_expectation(proxy, gold, 2), (0.7666667, 2.3333333))
-    close(best_of_n_expectation(proxy, gold, 1), (0.5333333, 2.0))
-    close(best_of_n_expectation(proxy, gold, 3), (0.9, 2.0))
+    assert_near(best_of_n_expectation(proxy, gold, 2), (0.7666667, 2.3333333))
+    assert_near(best_of_n_expectation(proxy, gold, 1), (0.5333333, 2.0))
+    assert_near(best_of_n_expectation(proxy, gold, 3), (0.9, 2.0))
     points = best_of_n_curve(proxy.repeat(2, 1), gold.repeat(2, 1), ns=[1, 2])
     assert [p["n"] for p in points] == [1, 2] and points[1]["gold"] == pytest.approx(7 / 3)
 

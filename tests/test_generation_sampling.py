@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from handvalues import close
+from handvalues import assert_near
 
 import tuneloop.generation.sampling as sampling
 from tuneloop.generation.sampling import draw_uniforms, sample_next, sequence_generator, sequence_seed
@@ -60,16 +60,16 @@ def test_logprob_is_under_the_unfiltered_temperature_scaled_distribution():
     order [.26275, .67820, 1]: u = 0.7 → token 2."""
     token, logprob = draw(0.7, temperature=2.0)
     assert token == 2
-    close(logprob, -1.13382)
+    assert_near(logprob, -1.13382)
     token, logprob = draw(0.0, top_p=0.45)  # token 1, probability 0.5 unfiltered (1 after top-p)
     assert token == 1
-    close(logprob, math.log(0.5))
+    assert_near(logprob, math.log(0.5))
 
 
 def test_greedy_takes_the_argmax_with_its_untempered_logprob():
     tokens, logprobs = sample_next(torch.stack([LOGITS, LOGITS.flip(0)]), 0.0, 0, 1.0, torch.zeros(2))
     assert tokens.tolist() == [1, 1]  # flip keeps 0.5 in the middle
-    close(logprobs, [math.log(0.5), math.log(0.5)])
+    assert_near(logprobs, [math.log(0.5), math.log(0.5)])
 
 
 def test_partial_sort_finds_the_same_nucleus_as_a_full_sort(monkeypatch):

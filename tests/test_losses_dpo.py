@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from handvalues import close
+from handvalues import assert_near
 
 from tuneloop.losses.dpo import (
     DPOLoss,
@@ -49,7 +49,7 @@ def test_dpo_hand_value_and_metrics():
     """β h = 1 → −log σ(1) = 0.3132617. Implicit rewards β(log π − log π_ref): chosen 0.5·1 = 0.5,
     rejected 0.5·(−1) = −0.5, margin 1, accuracy 1."""
     loss, metrics = dpo_loss(*example(), beta=0.5)
-    close(loss, [NLS1])
+    assert_near(loss, [NLS1])
     assert metrics["rewards/chosen"] == 0.5 and metrics["rewards/rejected"] == -0.5
     assert metrics["rewards/margin"] == 1.0 and metrics["rewards/accuracy"] == 1.0
     assert metrics["logps/chosen"] == -1.0 and metrics["logps/rejected"] == -3.0
@@ -59,35 +59,36 @@ def test_dpo_gradient():
     """∂/∂ log π(y_c) of −log σ(β h) = −β σ(−β h) = −0.5 · 0.2689414 = −0.1344707; +0.1344707 for y_r."""
     pc, pr = T([-1.0], requires_grad=True), T([-3.0], requires_grad=True)
     dpo_loss(pc, pr, T([-2.0]), T([-2.0]), beta=0.5)[0].sum().backward()
-    close(pc.grad, [-0.1344707])
-    close(pr.grad, [0.1344707])
+    assert_near(pc.grad, [-0.1344707])
+    assert_near(pr.grad, [0.1344707])
 
 
 def test_policy_equal_to_reference_gives_log2_and_chance_accuracy():
     """At initialisation π = π_ref: h = 0, loss = log 2, rewards 0, accuracy ½ (equal counts ½)."""
     lp = T([-4.0, -7.0])
     loss, metrics = dpo_loss(lp, lp.flip(0), lp, lp.flip(0), beta=0.1)
-    close(loss, [math.log(2)] * 2)
+    assert_near(loss, [math.log(2)] * 2)
     assert metrics["rewards/accuracy"] == 0.5
 
 
 def test_conservative_dpo_hand_value_and_limit():
     """ε = 0.1: 0.9 · 0.3132617 + 0.1 · 1.3132617 = 0.4132617. ε = 0 is DPO exactly."""
-    close(conservative_dpo_loss(*example(), beta=0.5, label_smoothing=0.1)[0], [0.4132617])
+    assert_near(conservative_dpo_loss(*example(), beta=0.5, label_smoothing=0.1)[0], [0.4132617])
     logps = random_logps()
-    close(conservative_dpo_loss(*logps, beta=0.3, label_smoothing=0.0)[0], dpo_loss(*logps, beta=0.3)[0], tol=0)
+    assert_near(conservative_dpo_loss(*logps, beta=0.3, label_smoothing=0.0)[0], dpo_loss(*logps, beta=0.3)[0], tol=0)
 
 
 def test_robust_dpo_hand_value_limit_and_unbiasedness():
     """ε = 0.1: (0.9 · 0.3132617 − 0.1 · 1.3132617) / 0.8 = 0.1506094 / 0.8 = 0.1882617. ε = 0 is DPO.
     Unbiased under flips (Chowdhury et al.): (1−ε) L(h) + ε L(−h) = −log σ(β h) = 0.3132617."""
-    close(robust_dpo_loss(*example(), beta=0.5, label_smoothing=0.1)[0], [0.1882617])
+    assert_near(robust_dpo_loss(*example(), beta=0.5, label_smoothing=0.1)[0], [0.1882617])
     logps = random_logps()
-    close(robust_dpo_loss(*logps, beta=0.3, label_smoothing=0.0)[0], dpo_loss(*logps, beta=0.3)[0], tol=0)
+    assert_near(robust_dpo_loss(*logps, beta=0.3, label_smoothing=0.0)[0], dpo_loss(*logps, beta=0.3)[0],
+                tol=0)
     pc, pr, rc, rr = example()
     flipped = robust_dpo_loss(pr, pc, rr, rc, beta=0.5, label_smoothing=0.1)[0]
     clean = robust_dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1)[0]
-    close(0.9 * clean + 0.1 * flipped, [NLS1])
+    assert_near(0.9 * clean + 0.1 * flipped, [NLS1])
 
 
 def test_ipo_hand_values_and_minimum():
@@ -95,23 +96,23 @@ def test_ipo_hand_values_and_minimum():
     2(h − 1) = 2 at h = 2."""
     pc = T([-1.0], requires_grad=True)
     loss, _ = ipo_loss(pc, T([-3.0]), T([-2.0]), T([-2.0]), beta=0.5)
-    close(loss, [1.0])
+    assert_near(loss, [1.0])
     loss.sum().backward()
-    close(pc.grad, [2.0])
-    close(ipo_loss(T([-1.0]), T([-2.0]), T([-2.0]), T([-2.0]), beta=0.5)[0], [0.0])  # h = 1
+    assert_near(pc.grad, [2.0])
+    assert_near(ipo_loss(T([-1.0]), T([-2.0]), T([-2.0]), T([-2.0]), beta=0.5)[0], [0.0])  # h = 1
 
 
 def test_hinge_hand_values():
     """β = 0.5: max(0, 1 − 0.5 h) for h = 2, 0, −2 → 0, 1, 2."""
     loss, _ = hinge_loss(T([-1.0, -2.0, -3.0]), T([-3.0, -2.0, -1.0]), T([-2.0] * 3), T([-2.0] * 3), beta=0.5)
-    close(loss, [0.0, 1.0, 2.0])
+    assert_near(loss, [0.0, 1.0, 2.0])
 
 
 def test_simpo_hand_value():
     """log π(y_c) = −4 over 4 tokens → ā_c = −1; log π(y_r) = −9 over 3 tokens → ā_r = −3. β = 2, γ = 1:
     2·(−1) − 2·(−3) − 1 = 3 → −log σ(3) = 0.0485874. Implicit rewards β ā: −2 and −6."""
     loss, metrics = simpo_loss(T([-4.0]), T([-9.0]), T([4]), T([3]), beta=2.0, gamma=1.0)
-    close(loss, [0.0485874])
+    assert_near(loss, [0.0485874])
     assert metrics["rewards/chosen"] == -2.0 and metrics["rewards/rejected"] == -6.0
 
 
@@ -120,14 +121,14 @@ def test_orpo_hand_value():
     → odds 0.2/0.8 = 0.25, log odds −1.3862944. L_OR = −log σ(1.3862944) = log(1 + 0.25) = 0.2231436.
     L_SFT = −log 0.5 = 0.6931472. λ = 0.1: 0.6931472 + 0.0223144 = 0.7154615."""
     loss, metrics = orpo_loss(T([2 * math.log(0.5)]), T([3 * math.log(0.2)]), T([2]), T([3]), orpo_lambda=0.1)
-    close(loss, [0.7154615])
-    close(metrics["orpo/log_odds_ratio"], 1.3862944)
-    close(metrics["orpo/nll"], 0.6931472)
+    assert_near(loss, [0.7154615])
+    assert_near(metrics["orpo/log_odds_ratio"], 1.3862944)
+    assert_near(metrics["orpo/nll"], 0.6931472)
 
 
 def test_orpo_lambda_zero_is_sft_nll():
     """λ = 0 leaves the chosen per-token NLL: −(−6)/3 = 2."""
-    close(orpo_loss(T([-6.0]), T([-1.0]), T([3]), T([1]), orpo_lambda=0.0)[0], [2.0])
+    assert_near(orpo_loss(T([-6.0]), T([-1.0]), T([3]), T([1]), orpo_lambda=0.0)[0], [2.0])
 
 
 def test_kto_hand_values():
@@ -135,7 +136,7 @@ def test_kto_hand_values():
     0.3775407. Undesirable, r = −1 − (−0.5) = −0.5: 2·(1 − σ(0.5 − (−0.5))) = 2·0.2689414 = 0.5378828."""
     loss, metrics = kto_loss(T([-1.0, -1.0]), T([-2.0, -0.5]), T([True, False]), 0.5, beta=1.0,
                              desirable_weight=1.0, undesirable_weight=2.0)
-    close(loss, [0.3775407, 0.5378828])
+    assert_near(loss, [0.3775407, 0.5378828])
     assert metrics["rewards/desirable"] == 1.0 and metrics["rewards/undesirable"] == -0.5
 
 
@@ -143,9 +144,9 @@ def test_kto_reference_point_is_clamped_mean_without_gradient():
     """mean(log π − log π_ref): (1 + 1)/2 = 1; (1 − 3)/2 = −1 → clamped to 0; no gradient flows."""
     policy = T([-1.0, -1.0], requires_grad=True)
     z0 = kto_reference_point(policy, T([-2.0, -2.0]))
-    close(z0, 1.0)
+    assert_near(z0, 1.0)
     assert not z0.requires_grad
-    close(kto_reference_point(T([-1.0, -3.0]), T([-2.0, 0.0])), 0.0)
+    assert_near(kto_reference_point(T([-1.0, -3.0]), T([-2.0, 0.0])), 0.0)
 
 
 def test_rpo_adds_token_averaged_nll():
@@ -153,7 +154,7 @@ def test_rpo_adds_token_averaged_nll():
     pc, pr, rc, rr = example()
     logps = PairLogps(pc, pr, rc, rr, chosen_tokens=T([2]), rejected_tokens=T([5]))
     loss, metrics = dpo_family_loss("dpo", logps, DPOParams(beta=0.5, rpo_alpha=1.0))
-    close(loss, [0.8132617])
+    assert_near(loss, [0.8132617])
     assert metrics["rpo/nll"] == 0.5
 
 
@@ -175,14 +176,14 @@ def test_every_enum_member_dispatches_to_its_function():
     }
     assert set(expected) | {DPOLoss.KTO} == set(DPOLoss)
     for kind, ((want, _), params) in expected.items():
-        close(dpo_family_loss(kind.value, pairs, params)[0], want, tol=0)
+        assert_near(dpo_family_loss(kind.value, pairs, params)[0], want, tol=0)
     desirable = torch.arange(8) % 2 == 0
     unpaired = UnpairedLogps(pc, rc, desirable, kto_reference_point(pr, rr))
     # Unequal λ_D, λ_U: a dispatch that dropped or swapped them would not give the same losses.
     weighted = DPOParams(beta=0.3, kto_desirable_weight=1.5, kto_undesirable_weight=0.5)
     want = kto_loss(pc, rc, desirable, kto_reference_point(pr, rr), beta=0.3, desirable_weight=1.5,
                     undesirable_weight=0.5)[0]
-    close(dpo_family_loss(DPOLoss.KTO, unpaired, weighted)[0], want, tol=0)
+    assert_near(dpo_family_loss(DPOLoss.KTO, unpaired, weighted)[0], want, tol=0)
 
 
 def test_enum_properties():
@@ -213,7 +214,7 @@ def test_per_example_losses_compose_into_batch_mean():
     logps = random_logps(n=6, seed=3)
     whole = dpo_loss(*logps, beta=0.2)[0]
     halves = [dpo_loss(*(x[s] for x in logps), beta=0.2)[0] for s in (slice(0, 3), slice(3, 6))]
-    close((halves[0].sum() + halves[1].sum()) / 6, whole.mean())
+    assert_near((halves[0].sum() + halves[1].sum()) / 6, whole.mean())
 
 
 def test_gradcheck_family_in_fp64():

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from handvalues import close
+from handvalues import assert_near
 
 from tuneloop.losses.preference import (
     bradley_terry_loss,
@@ -44,7 +44,7 @@ def test_bradley_terry_hand_values():
     """r_c = (2, 0), r_r = (1, 1): d = (1, −1), loss = (−log σ(1), −log σ(−1)) = (0.3132617, 1.3132617).
     Accuracy: one right, one wrong → 0.5."""
     loss, metrics = bradley_terry_loss(T([2.0, 0.0]), T([1.0, 1.0]))
-    close(loss, [NLS1, NLS_M1])
+    assert_near(loss, [NLS1, NLS_M1])
     assert metrics["accuracy"] == 0.5 and metrics["pairs"] == 2.0
 
 
@@ -54,18 +54,18 @@ def test_bradley_terry_gradient():
     chosen, rejected = T([1.5], requires_grad=True), T([0.5], requires_grad=True)
     loss, _ = bradley_terry_loss(chosen, rejected)
     loss.sum().backward()
-    close(chosen.grad, [-0.2689414])
-    close(rejected.grad, [0.2689414])
+    assert_near(chosen.grad, [-0.2689414])
+    assert_near(rejected.grad, [0.2689414])
 
 
 def test_margin_hand_value_and_zero_margin_is_plain_bt():
     """r_c = 3, r_r = 1, m = 1: −log σ(3 − 1 − 1) = −log σ(1) = 0.3132617. A zero margin changes nothing."""
     loss, _ = bradley_terry_loss(T([3.0]), T([1.0]), margin=T([1.0]))
-    close(loss, [NLS1])
+    assert_near(loss, [NLS1])
     chosen, rejected = torch.randn(7), torch.randn(7)
     plain, _ = bradley_terry_loss(chosen, rejected)
     zero, _ = bradley_terry_loss(chosen, rejected, margin=torch.zeros(7))
-    close(zero, plain, tol=0)
+    assert_near(zero, plain, tol=0)
 
 
 def test_tie_soft_label():
@@ -76,30 +76,30 @@ def test_tie_soft_label():
     chosen = T([0.0, 1.0, 3.0], requires_grad=True)
     loss, metrics = bradley_terry_loss(chosen, T([0.0, 0.0, 1.0]), margin=T([0.0, 5.0, 1.0]),
                                        tie=T([True, True, False]))
-    close(loss, [LOG2, 0.8132617, NLS1])
+    assert_near(loss, [LOG2, 0.8132617, NLS1])
     assert metrics["tie_pairs"] == 2.0 and metrics["accuracy"] == 1.0
     loss[0].backward()
-    close(chosen.grad[0], 0.0)
+    assert_near(chosen.grad[0], 0.0)
 
 
 def test_bradley_terry_stable_at_large_differences():
     """d = −200: −log σ(−200) = 200 + log(1 + e^−200) = 200 to fp32 precision; d = +200 gives ~0, not NaN."""
     loss, _ = bradley_terry_loss(T([0.0, 200.0]), T([200.0, 0.0]))
-    close(loss, [200.0, 0.0])
+    assert_near(loss, [200.0, 0.0])
 
 
 def test_reward_centering_penalty():
     """η = 0.01, r_c = 1, r_r = 2: 0.01 · (1 + 2)² = 0.09; r_c = −1, r_r = 1: 0."""
     penalty, metrics = reward_centering_penalty(T([1.0, -1.0]), T([2.0, 1.0]), 0.01)
-    close(penalty, [0.09, 0.0])
-    close(metrics["rewards/center"], 0.75)  # ((1+2)/2 + 0)/2
+    assert_near(penalty, [0.09, 0.0])
+    assert_near(metrics["rewards/center"], 0.75)  # ((1+2)/2 + 0)/2
 
 
 # --- per-prompt weighting and rankings -------------------------------------------------------
 
 def test_per_prompt_weights_hand_values():
     """Prompt 7 has three pairs (weights ⅓ each), prompt 2 one pair (weight 1); weights per prompt sum to 1."""
-    close(per_prompt_weights(T([7, 7, 2, 7])), [1 / 3, 1 / 3, 1.0, 1 / 3])
+    assert_near(per_prompt_weights(T([7, 7, 2, 7])), [1 / 3, 1 / 3, 1.0, 1 / 3])
 
 
 def test_per_prompt_weighted_mean_hand_value_and_distinct_prompts_limit():
@@ -107,16 +107,16 @@ def test_per_prompt_weighted_mean_hand_value_and_distinct_prompts_limit():
     over 2 prompts: 3.5 (the plain mean would be 13/4 = 3.25). Limit: with distinct prompts every
     weight is 1 and the weighted mean is the plain mean."""
     weights = per_prompt_weights(T([7, 7, 2, 7]))
-    close((weights * T([1.0, 2.0, 4.0, 6.0])).sum() / 2, 3.5)
+    assert_near((weights * T([1.0, 2.0, 4.0, 6.0])).sum() / 2, 3.5)
     loss = torch.rand(5)
-    close((per_prompt_weights(T([4, 1, 3, 0, 2])) * loss).sum() / 5, loss.mean())
+    assert_near((per_prompt_weights(T([4, 1, 3, 0, 2])) * loss).sum() / 5, loss.mean())
 
 
 def test_ranking_pairwise_loss_hand_value():
     """Rewards (2, 1, 0) ranked 0 > 1 > 2: pairs d = 1, 2, 1 → (2·0.3132617 + 0.1269280) / 3 = 0.2511505.
     A second ranking with a padded third candidate (−1) has one pair, d = 1 → 0.3132617."""
     loss, metrics = ranking_pairwise_loss(T([[2.0, 1.0, 0.0], [1.0, 0.0, 99.0]]), T([[0, 1, 2], [0, 1, -1]]))
-    close(loss, [0.2511505, NLS1])
+    assert_near(loss, [0.2511505, NLS1])
     assert metrics["pairs"] == 4.0 and metrics["accuracy"] == 1.0
 
 
@@ -124,8 +124,8 @@ def test_ranking_pairwise_loss_ties():
     """Rewards (1, 1, 0), groups (0, 0, 1): ordered pairs (0,2) and (1,2), d = 1 → 0.3132617. With tie
     pairs the tie (0,1) at d = 0 adds log 2: (2·0.3132617 + 0.6931472) / 3 = 0.4398902."""
     rewards, groups = T([[1.0, 1.0, 0.0]]), T([[0, 0, 1]])
-    close(ranking_pairwise_loss(rewards, groups)[0], [NLS1])
-    close(ranking_pairwise_loss(rewards, groups, include_tie_pairs=True)[0], [0.4398902])
+    assert_near(ranking_pairwise_loss(rewards, groups)[0], [NLS1])
+    assert_near(ranking_pairwise_loss(rewards, groups, include_tie_pairs=True)[0], [0.4398902])
 
 
 def test_ranking_pairwise_equals_weighted_flat_pairs():
@@ -143,7 +143,7 @@ def test_ranking_pairwise_equals_weighted_flat_pairs():
     flat, _ = bradley_terry_loss(torch.stack(chosen), torch.stack(rejected))
     weights = per_prompt_weights(T(prompt))
     naive = torch.zeros(2).index_add(0, T(prompt), weights * flat)
-    close(fast, naive)
+    assert_near(fast, naive)
 
 
 def test_plackett_luce_k2_equals_bradley_terry():
@@ -152,8 +152,8 @@ def test_plackett_luce_k2_equals_bradley_terry():
     pl, _ = plackett_luce_loss(rewards, torch.tensor([[0, 1]] * 3 + [[1, 0]] * 3))
     swapped = torch.cat([rewards[:3], rewards[3:].flip(1)])
     bt, _ = bradley_terry_loss(swapped[:, 0], swapped[:, 1])
-    close(pl, bt)
-    close(plackett_luce_loss(T([[1.0, 0.0]]), T([[0, 1]]))[0], [NLS1])
+    assert_near(pl, bt)
+    assert_near(plackett_luce_loss(T([[1.0, 0.0]]), T([[0, 1]]))[0], [NLS1])
 
 
 def test_plackett_luce_hand_values():
@@ -164,14 +164,14 @@ def test_plackett_luce_hand_values():
     Padding (−1) drops a candidate: (1, 0, pad) = −log σ(1) = 0.3132617."""
     loss, _ = plackett_luce_loss(T([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 7.0]]),
                                  T([[0, 1, 2], [0, 0, -1], [0, 0, 1], [0, 1, -1]]))
-    close(loss, [0.7208677, 2 * LOG2, 1.7239896, NLS1])
+    assert_near(loss, [0.7208677, 2 * LOG2, 1.7239896, NLS1])
 
 
 def test_padding_values_never_leak():
     """A padded candidate may hold any value (here inf): both ranking losses still give −log σ(1) = 0.3132617."""
     rewards, groups = T([[1.0, 0.0, float("inf")]]), T([[0, 1, -1]])
-    close(plackett_luce_loss(rewards, groups)[0], [NLS1])
-    close(ranking_pairwise_loss(rewards, groups, include_tie_pairs=True)[0], [NLS1])
+    assert_near(plackett_luce_loss(rewards, groups)[0], [NLS1])
+    assert_near(ranking_pairwise_loss(rewards, groups, include_tie_pairs=True)[0], [NLS1])
 
 
 def test_plackett_luce_gradient_hand_value_and_gradcheck():
@@ -179,7 +179,7 @@ def test_plackett_luce_gradient_hand_value_and_gradcheck():
     and padding, including finite gradients on padded candidates."""
     rewards = T([[2.0, 1.0, 0.0]], requires_grad=True)
     plackett_luce_loss(rewards, T([[0, 1, 2]]))[0].sum().backward()
-    close(rewards.grad[0, 0], -0.3347590)
+    assert_near(rewards.grad[0, 0], -0.3347590)
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     groups = T([[0, 1, 1, 2], [1, 0, -1, -1], [0, 0, 0, 1]])
     assert torch.autograd.gradcheck(lambda r: plackett_luce_loss(r, groups)[0].double(), (x,))
@@ -190,7 +190,7 @@ def test_plackett_luce_gradient_hand_value_and_gradcheck():
 # --- metrics ---------------------------------------------------------------------------------
 
 def test_pair_accuracy_counts_equal_as_half():
-    close(pair_accuracy(T([1.0, 0.0, -1.0])), [1.0, 0.5, 0.0])
+    assert_near(pair_accuracy(T([1.0, 0.0, -1.0])), [1.0, 0.5, 0.0])
 
 
 def test_pairwise_accuracy_ties_separate():
@@ -209,12 +209,12 @@ def test_reliability_and_ece_hand_values():
     d = math.log(3.0)
     bins = reliability_bins(T([d]), T([0.0]), num_bins=10)
     assert bins.count == [0, 0, 1, 0, 0, 0, 0, 1, 0, 0]
-    close(bins.mean_predicted[7], 0.75)
-    close(bins.mean_observed[7], 1.0)
-    close(expected_calibration_error(bins), 0.25)
+    assert_near(bins.mean_predicted[7], 0.75)
+    assert_near(bins.mean_observed[7], 1.0)
+    assert_near(expected_calibration_error(bins), 0.25)
     calibrated = reliability_bins(T([d, d, d, -d]), torch.zeros(4), num_bins=10)
-    close(calibrated.mean_observed[7], 0.75)
-    close(expected_calibration_error(calibrated), 0.0)
+    assert_near(calibrated.mean_observed[7], 0.75)
+    assert_near(expected_calibration_error(calibrated), 0.0)
 
 
 def test_reliability_tie_outcome_is_half():
@@ -228,14 +228,14 @@ def test_pearson_and_spearman_hand_values():
     """x = (1, 2, 3), y = (2, 4, 7): centred x (−1, 0, 1), y (−7/3, −1/3, 8/3); Σxy = 5, Σx² = 2,
     Σy² = 114/9 → r = 5 / √(228/9) = 0.9933993; ranks equal → Spearman 1.
     Ties: x = (1, 2, 2, 3) has ranks (1, 2.5, 2.5, 4); against y ranks (1, 2, 3, 4): 4.5 / √(4.5·5) = 0.9486833."""
-    close(pearson(T([1.0, 2.0, 3.0]), T([2.0, 4.0, 7.0])), 0.9933993)
-    close(spearman(T([1.0, 2.0, 3.0]), T([2.0, 4.0, 7.0])), 1.0)
-    close(average_ranks(T([1.0, 2.0, 2.0, 3.0])), [1.0, 2.5, 2.5, 4.0])
-    close(spearman(T([1.0, 2.0, 2.0, 3.0]), T([10.0, 20.0, 30.0, 40.0])), 0.9486833)
+    assert_near(pearson(T([1.0, 2.0, 3.0]), T([2.0, 4.0, 7.0])), 0.9933993)
+    assert_near(spearman(T([1.0, 2.0, 3.0]), T([2.0, 4.0, 7.0])), 1.0)
+    assert_near(average_ranks(T([1.0, 2.0, 2.0, 3.0])), [1.0, 2.5, 2.5, 4.0])
+    assert_near(spearman(T([1.0, 2.0, 2.0, 3.0]), T([10.0, 20.0, 30.0, 40.0])), 0.9486833)
     assert math.isnan(pearson(T([1.0, 1.0]), T([1.0, 2.0])))
     out = length_correlation(T([3.0, 1.0, 2.0]), T([30, 10, 20]))
-    close(out["length_pearson"], 1.0)
-    close(out["length_spearman"], 1.0)
+    assert_near(out["length_pearson"], 1.0)
+    assert_near(out["length_spearman"], 1.0)
 
 
 def test_accuracy_by_length_difference():

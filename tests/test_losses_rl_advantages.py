@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from handvalues import close
+from handvalues import assert_near
 
 from tuneloop.losses.rl_advantages import (
     AdvantageEstimator,
@@ -36,34 +36,34 @@ def test_gae_hand_value():
     """γ = 1, λ = 0.5. δ_2 = 1 − 0.4 = 0.6; δ_1 = 0.4 − 0.2 = 0.2; δ_0 = 0.2 − 0.5 = −0.3.
     A_2 = 0.6; A_1 = 0.2 + 0.5·0.6 = 0.5; A_0 = −0.3 + 0.5·0.5 = −0.05. Returns A + V = [0.45, 0.7, 1.0]."""
     adv, ret = gae(R, V, ONES, gamma=1.0, lam=0.5)
-    close(adv, [[-0.05, 0.5, 0.6]])
-    close(ret, [[0.45, 0.7, 1.0]])
+    assert_near(adv, [[-0.05, 0.5, 0.6]])
+    assert_near(ret, [[0.45, 0.7, 1.0]])
 
 
 def test_gae_lambda_one_is_discounted_return_minus_value():
     """γ = 0.9, λ = 1: G = [0.81, 0.9, 1]; G − V = [0.31, 0.7, 0.6] (by hand), and equal to
     discounted_returns − V on random data."""
     adv, _ = gae(R, V, ONES, gamma=0.9, lam=1.0)
-    close(adv, [[0.31, 0.7, 0.6]])
-    close(discounted_returns(R, ONES, 0.9), [[0.81, 0.9, 1.0]])
+    assert_near(adv, [[0.31, 0.7, 0.6]])
+    assert_near(discounted_returns(R, ONES, 0.9), [[0.81, 0.9, 1.0]])
     g = torch.Generator().manual_seed(0)
     r, v = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
     mask = T([[1] * 6, [1] * 4 + [0] * 2, [1] * 1 + [0] * 5, [1] * 5 + [0]]).float()
     adv, ret = gae(r, v, mask, gamma=0.95, lam=1.0)
-    close(adv, discounted_returns(r, mask, 0.95) - v * mask)
-    close(ret, discounted_returns(r, mask, 0.95))
+    assert_near(adv, discounted_returns(r, mask, 0.95) - v * mask)
+    assert_near(ret, discounted_returns(r, mask, 0.95))
 
 
 def test_gae_lambda_zero_is_td_error():
     """λ = 0: A_t = δ_t = [−0.3, 0.2, 0.6] (γ = 1)."""
-    close(gae(R, V, ONES, gamma=1.0, lam=0.0)[0], [[-0.3, 0.2, 0.6]])
+    assert_near(gae(R, V, ONES, gamma=1.0, lam=0.0)[0], [[-0.3, 0.2, 0.6]])
 
 
 def test_gae_ignores_padding_after_the_response():
     """A padded column (mask 0) with garbage reward/value changes nothing: same as the unpadded example."""
     adv, ret = gae(T([[0.0, 0.0, 1.0, 7.0]]), T([[0.5, 0.2, 0.4, 9.0]]), T([[1.0, 1, 1, 0]]), 1.0, 0.5)
-    close(adv, [[-0.05, 0.5, 0.6, 0.0]])
-    close(ret, [[0.45, 0.7, 1.0, 0.0]])
+    assert_near(adv, [[-0.05, 0.5, 0.6, 0.0]])
+    assert_near(ret, [[0.45, 0.7, 1.0, 0.0]])
 
 
 def test_grpo_dr_grpo_rloo_hand_values():
@@ -71,19 +71,20 @@ def test_grpo_dr_grpo_rloo_hand_values():
     dr_grpo: dev = [−2, −1, 0, 3]. rloo: R_i − (12 − R_i)/3 = [1 − 11/3, 2 − 10/3, 3 − 3, 6 − 2]
     = [−2.6666667, −1.3333333, 0, 4]."""
     returns = T([1.0, 2.0, 3.0, 6.0])
-    close(grpo_scores(returns, 4, std_eps=0.0), [-0.9258201, -0.4629100, 0.0, 1.3887301])
-    close(group_centred_scores(returns, 4), [-2.0, -1.0, 0.0, 3.0])
-    close(leave_one_out_scores(returns, 4), [-8 / 3, -4 / 3, 0.0, 4.0])
+    assert_near(grpo_scores(returns, 4, std_eps=0.0), [-0.9258201, -0.4629100, 0.0, 1.3887301])
+    assert_near(group_centred_scores(returns, 4), [-2.0, -1.0, 0.0, 3.0])
+    assert_near(leave_one_out_scores(returns, 4), [-8 / 3, -4 / 3, 0.0, 4.0])
 
 
 def test_rloo_baseline_is_the_mean_of_the_others_and_groups_are_separate():
     """Two groups of K = 3: [1, 2, 6] → baselines [4, 3.5, 1.5] → [−3, −1.5, 4.5]; [0, 0, 3] → [1.5, 1.5, 0]
     → [−1.5, −1.5, 3]. Also RLOO = K/(K−1) · (R − mean) (here 3/2 · [−2, −1, 3] = [−3, −1.5, 4.5])."""
-    close(leave_one_out_scores(T([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3), [-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
+    assert_near(leave_one_out_scores(T([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3),
+                [-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
 
 
 def test_grpo_group_of_equal_rewards_has_zero_advantage():
-    close(grpo_scores(T([0.7, 0.7, 0.7, 0.7]), 4, std_eps=1e-6), [0.0] * 4)
+    assert_near(grpo_scores(T([0.7, 0.7, 0.7, 0.7]), 4, std_eps=1e-6), [0.0] * 4)
 
 
 @pytest.mark.parametrize("kind", [k for k in AdvantageEstimator if k.needs_groups])
@@ -99,16 +100,16 @@ def test_outcome_estimators_broadcast_the_kl_shaped_return_over_response_tokens(
     x = AdvantageInputs(scores=T([1.0, 0.0]), non_score=T([[-0.1, -0.1], [-0.2, 5.0]]),
                         mask=T([[1.0, 1.0], [1.0, 0.0]]), group_size=2)
     adv, ret, _ = compute_advantages("dr_grpo", x, AdvantageParams())
-    close(adv, [[0.5, 0.5], [-0.5, 0.0]])
-    close(ret, adv)
+    assert_near(adv, [[0.5, 0.5], [-0.5, 0.0]])
+    assert_near(ret, adv)
 
 
 def test_gae_estimator_places_score_on_the_last_token():
     """Score 1 on token 2 of the shared example, non-score 0: same as gae(R, V) with γ = 1, λ = 0.5."""
     x = AdvantageInputs(scores=T([1.0]), non_score=torch.zeros(1, 3), mask=ONES, values=V)
     adv, ret, _ = compute_advantages("gae", x, AdvantageParams(gamma=1.0, lam=0.5))
-    close(adv, [[-0.05, 0.5, 0.6]])
-    close(ret, [[0.45, 0.7, 1.0]])
+    assert_near(adv, [[-0.05, 0.5, 0.6]])
+    assert_near(ret, [[0.45, 0.7, 1.0]])
 
 
 def test_reinforce_pp_returns_and_baseline():
@@ -118,8 +119,9 @@ def test_reinforce_pp_returns_and_baseline():
     returns [[0, 0.5], [−2, 0]]. Both are whitened later by the loop (whitens_batch)."""
     x = AdvantageInputs(scores=T([2.0, 0.0]), non_score=T([[-0.5, -0.5], [-1.0, 0.0]]),
                         mask=T([[1.0, 1.0], [1.0, 0.0]]), group_size=2)
-    close(compute_advantages("reinforce_pp", x, AdvantageParams(gamma=1.0))[0], [[1.0, 1.5], [-1.0, 0.0]])
-    close(compute_advantages("reinforce_pp_baseline", x, AdvantageParams(gamma=1.0))[0], [[0.0, 0.5], [-2.0, 0.0]])
+    assert_near(compute_advantages("reinforce_pp", x, AdvantageParams(gamma=1.0))[0],
+                [[1.0, 1.5], [-1.0, 0.0]])
+    assert_near(compute_advantages("reinforce_pp_baseline", x, AdvantageParams(gamma=1.0))[0], [[0.0, 0.5], [-2.0, 0.0]])
     assert AdvantageEstimator.REINFORCE_PP.whitens_batch and not AdvantageEstimator.GRPO.whitens_batch
 
 
@@ -127,8 +129,8 @@ def test_masked_whiten_hand_value_and_keep_mean():
     """x = [1, 2, 3] counted, 100 masked: mean 2, Bessel variance (1 + 0 + 1)/2 = 1 → [−1, 0, 1, 0];
     keep_mean adds 2 back on counted entries → [1, 2, 3, 0]."""
     x, mask = T([[1.0, 2.0, 3.0, 100.0]]), T([[1.0, 1.0, 1.0, 0.0]])
-    close(masked_whiten(x, mask), [[-1.0, 0.0, 1.0, 0.0]])
-    close(masked_whiten(x, mask, keep_mean=True), [[1.0, 2.0, 3.0, 0.0]])
+    assert_near(masked_whiten(x, mask), [[-1.0, 0.0, 1.0, 0.0]])
+    assert_near(masked_whiten(x, mask, keep_mean=True), [[1.0, 2.0, 3.0, 0.0]])
 
 
 def test_masked_whiten_with_moments_of_two_halves_equals_whole():
@@ -137,4 +139,4 @@ def test_masked_whiten_with_moments_of_two_halves_equals_whole():
     x, mask = torch.randn(4, 5, generator=g), (torch.rand(4, 5, generator=g) > 0.3).float()
     whole = masked_whiten(x, mask)
     moments = masked_moments(x[:2], mask[:2]) + masked_moments(x[2:], mask[2:])
-    close(torch.cat([masked_whiten(x[:2], mask[:2], moments), masked_whiten(x[2:], mask[2:], moments)]), whole)
+    assert_near(torch.cat([masked_whiten(x[:2], mask[:2], moments), masked_whiten(x[2:], mask[2:], moments)]), whole)

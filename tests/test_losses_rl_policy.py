@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from handvalues import close
+from handvalues import assert_near
 
 from tuneloop.losses.reductions import aggregate_loss
 from tuneloop.losses.rl_policy import (
@@ -41,13 +41,13 @@ def test_ppo_clip_symmetric_hand_values_and_gradient():
     (clipped, gradient 0). clipfrac 2/4 = 0.5."""
     logps, x = ppo_example()
     loss, metrics = policy_loss("ppo_clip", x, PolicyLossParams(clip_low=0.2, clip_high=0.2))
-    close(loss, [[-1.2, -0.5, 1.5, 0.8]])
+    assert_near(loss, [[-1.2, -0.5, 1.5, 0.8]])
     loss.sum().backward()
-    close(logps.grad, [[0.0, -0.5, 1.5, 0.0]])
+    assert_near(logps.grad, [[0.0, -0.5, 1.5, 0.0]])
     assert metrics["policy/clipfrac"] == 0.5
-    close(metrics["policy/ratio_max"], 1.5)
-    close(metrics["policy/ratio_min"], 0.5)
-    close(metrics["policy/approxkl"], 0.5 * (2 * LN15 ** 2 + 2 * LN05 ** 2) / 4)
+    assert_near(metrics["policy/ratio_max"], 1.5)
+    assert_near(metrics["policy/ratio_min"], 0.5)
+    assert_near(metrics["policy/approxkl"], 0.5 * (2 * LN15 ** 2 + 2 * LN05 ** 2) / 4)
 
 
 def test_ppo_clip_higher():
@@ -55,7 +55,7 @@ def test_ppo_clip_higher():
     still 0.8."""
     _, x = ppo_example()
     loss, _ = policy_loss("ppo_clip", x, PolicyLossParams(clip_low=0.2, clip_high=0.28))
-    close(loss, [[-1.28, -0.5, 1.5, 0.8]])
+    assert_near(loss, [[-1.28, -0.5, 1.5, 0.8]])
 
 
 def test_ppo_dual_clip():
@@ -64,10 +64,10 @@ def test_ppo_dual_clip():
     logps = torch.zeros(1, 3, requires_grad=True)
     x = PolicyLossInputs(logps, -T([[math.log(4.0), LN15, math.log(4.0)]]), T([[-1.0, -1.0, 1.0]]), torch.ones(1, 3))
     loss, metrics = policy_loss("ppo_clip", x, PolicyLossParams(dual_clip=3.0))
-    close(loss, [[3.0, 1.5, -1.2]])
+    assert_near(loss, [[3.0, 1.5, -1.2]])
     loss.sum().backward()
-    close(logps.grad, [[0.0, 1.5, 0.0]])
-    close(metrics["policy/dual_clipfrac"], 1 / 3)
+    assert_near(logps.grad, [[0.0, 1.5, 0.0]])
+    assert_near(metrics["policy/dual_clipfrac"], 1 / 3)
     with pytest.raises(ValueError, match="dual_clip"):
         policy_loss("cispo", x, PolicyLossParams(dual_clip=3.0))
 
@@ -85,7 +85,7 @@ def test_ppo_at_ratio_one_has_the_a2c_gradient():
         total, units = aggregate_loss(loss, mask, "token_mean")
         (total / units).backward()
         grads[kind] = logps.grad
-    close(grads["ppo_clip"], grads["vanilla_pg"], tol=1e-6)
+    assert_near(grads["ppo_clip"], grads["vanilla_pg"], tol=1e-6)
     assert grads["vanilla_pg"].abs().sum() > 0
 
 
@@ -94,9 +94,9 @@ def test_vanilla_pg_hand_value():
     logps = T([[-0.5, -2.0]], requires_grad=True)
     loss, _ = policy_loss("vanilla_pg", PolicyLossInputs(logps, logps.detach(), T([[2.0, -1.0]]), torch.ones(1, 2)),
                           PolicyLossParams())
-    close(loss, [[1.0, -2.0]])
+    assert_near(loss, [[1.0, -2.0]])
     loss.sum().backward()
-    close(logps.grad, [[-2.0, 1.0]])
+    assert_near(logps.grad, [[-2.0, 1.0]])
 
 
 def test_gspo_sequence_ratio_value_and_gradient():
@@ -107,17 +107,17 @@ def test_gspo_sequence_ratio_value_and_gradient():
         logps = torch.zeros(1, 2, requires_grad=True)
         x = PolicyLossInputs(logps, T([[-0.3, -0.1]]), torch.full((1, 2), adv), torch.ones(1, 2))
         loss, metrics = policy_loss("gspo", x, PolicyLossParams())
-        close(loss, [[expected, expected]])
+        assert_near(loss, [[expected, expected]])
         loss.sum().backward()
-        close(logps.grad, [[grad, grad]])
-        close(metrics["policy/ratio_mean"], 1.2214028)
+        assert_near(logps.grad, [[grad, grad]])
+        assert_near(metrics["policy/ratio_mean"], 1.2214028)
 
 
 def test_gspo_padding_does_not_change_the_sequence_ratio():
     """Row [0.3, 0.1, pad 5.0]: the mean is over the two counted tokens, s = exp(0.2) still."""
     logps = torch.zeros(1, 3, requires_grad=True)
     x = PolicyLossInputs(logps, T([[-0.3, -0.1, -5.0]]), torch.full((1, 3), -1.0), T([[1.0, 1.0, 0.0]]))
-    close(policy_loss("gspo", x, PolicyLossParams())[0], [[1.2214028, 1.2214028, 0.0]])
+    assert_near(policy_loss("gspo", x, PolicyLossParams())[0], [[1.2214028, 1.2214028, 0.0]])
 
 
 def test_cispo_clipped_stopped_weight():
@@ -128,10 +128,10 @@ def test_cispo_clipped_stopped_weight():
     old = T([[-0.5 - LN15, -0.5 - LN05, -0.5]])
     x = PolicyLossInputs(logps, old, T([[1.0, -1.0, 2.0]]), torch.ones(1, 3))
     loss, metrics = policy_loss("cispo", x, PolicyLossParams(clip_low=0.2, clip_high=0.28))
-    close(loss, [[0.64, -0.4, 1.0]])
+    assert_near(loss, [[0.64, -0.4, 1.0]])
     loss.sum().backward()
-    close(logps.grad, [[-1.28, 0.8, -2.0]])
-    close(metrics["policy/clipfrac"], 2 / 3)
+    assert_near(logps.grad, [[-1.28, 0.8, -2.0]])
+    assert_near(metrics["policy/clipfrac"], 2 / 3)
 
 
 def test_clipped_value_loss_hand_values():
@@ -140,20 +140,20 @@ def test_clipped_value_loss_hand_values():
     (unclipped, gradient −2). Unclipped value loss at V = 1.0: ½·1 = 0.5."""
     values = T([[1.0, 0.6, 0.0]], requires_grad=True)
     loss, metrics = value_loss(values, torch.full((1, 3), 0.5), torch.full((1, 3), 2.0), torch.ones(1, 3), 0.2)
-    close(loss, [[0.845, 0.98, 2.0]])
+    assert_near(loss, [[0.845, 0.98, 2.0]])
     loss.sum().backward()
-    close(values.grad, [[0.0, -1.4, -2.0]])
-    close(metrics["val/clipfrac"], 1 / 3)
-    close(value_loss(T([[1.0]]), T([[0.5]]), T([[2.0]]), torch.ones(1, 1), None)[0], [[0.5]])
+    assert_near(values.grad, [[0.0, -1.4, -2.0]])
+    assert_near(metrics["val/clipfrac"], 1 / 3)
+    assert_near(value_loss(T([[1.0]]), T([[0.5]]), T([[2.0]]), torch.ones(1, 1), None)[0], [[0.5]])
 
 
 def test_explained_variance():
     """R = [1, 2, 3]; V = R → 1. V = [2, 2, 2] → Var[R − V] = Var[R] → 0. V = [1, 2, 4]: R − V = [0, 0, −1],
     population variance 2/9; Var[R] = 2/3 → 1 − 1/3 = 0.6666667."""
     r, m = T([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
-    close(explained_variance(r, r, m), 1.0)
-    close(explained_variance(torch.full((1, 3), 2.0), r, m), 0.0)
-    close(explained_variance(T([[1.0, 2.0, 4.0]]), r, m), 2 / 3)
+    assert_near(explained_variance(r, r, m), 1.0)
+    assert_near(explained_variance(torch.full((1, 3), 2.0), r, m), 0.0)
+    assert_near(explained_variance(T([[1.0, 2.0, 4.0]]), r, m), 2 / 3)
 
 
 def test_truncated_is_weights_and_mismatch_guard():
@@ -161,13 +161,13 @@ def test_truncated_is_weights_and_mismatch_guard():
     Guard on counted tokens: |Δ| mean 0.5, max 0.5; ratio min 0.6065307, max 1.6487213,
     mean (1.6487213 + 0.6065307)/2 = 1.1276260."""
     train, sampler, mask = T([[-1.0, -2.0, 9.0]]), T([[-1.5, -1.5, 0.0]]), T([[1.0, 1.0, 0.0]])
-    close(truncated_is_weights(train, sampler, cap=1.5)[:, :2], [[1.5, 0.6065307]])
+    assert_near(truncated_is_weights(train, sampler, cap=1.5)[:, :2], [[1.5, 0.6065307]])
     guard = logprob_mismatch(train, sampler, mask)
-    close(guard["sampling/sampling_logp_difference/mean"], 0.5)
-    close(guard["sampling/sampling_logp_difference/max"], 0.5)
-    close(guard["sampling/importance_ratio/min"], 0.6065307)
-    close(guard["sampling/importance_ratio/max"], 1.6487213)
-    close(guard["sampling/importance_ratio/mean"], 1.1276260)
+    assert_near(guard["sampling/sampling_logp_difference/mean"], 0.5)
+    assert_near(guard["sampling/sampling_logp_difference/max"], 0.5)
+    assert_near(guard["sampling/importance_ratio/min"], 0.6065307)
+    assert_near(guard["sampling/importance_ratio/max"], 1.6487213)
+    assert_near(guard["sampling/importance_ratio/mean"], 1.1276260)
 
 
 def test_every_policy_loss_is_zero_off_mask():

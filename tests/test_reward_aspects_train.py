@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from handvalues import close
+from handvalues import assert_near
 
 from datafiles import write_jsonl
 from reward_helpers import BAD, GOOD, one_torch_thread, review_pairs, tiny_bert  # noqa: F401  (fixtures)
@@ -74,11 +74,11 @@ def test_loss_sum_of_scored_responses_and_pairs_by_hand():
     units = [_scored("A", {"q": 4.0, "s": 4.0}), _scored("A", {"q": 2.0})]
     set_prompt_weights(units, per_prompt=True)
     batch = make_batch(units, scaling)
-    close(batch.score_target, [[1.0, 0.0], [-1.0, 0.0]])
+    assert_near(batch.score_target, [[1.0, 0.0], [-1.0, 0.0]])
     assert batch.score_mask.tolist() == [[True, True], [True, False]]
     total, metrics = loss_sum(torch.tensor([[1.0, 1.0], [0.0, 0.0]]), batch, RewardLossConfig(),
                               HeadLayout.build(False, ["q", "s"]), scaling)
-    close(total, 0.75)
+    assert_near(total, 0.75)
     assert batch.weight_sum == 1.0 and metrics["aspect_cells"] == 3 and metrics["units"] == 2
 
     pair = Comparison([Encoded([1, 2], None, 1), Encoded([1, 3], None, 1)], [0, 1], 0.0, "B", "test")
@@ -88,7 +88,7 @@ def test_loss_sum_of_scored_responses_and_pairs_by_hand():
     outputs = torch.tensor([[9.0, 1.0, 1.0], [9.0, 0.0, 0.0], [2.0, 7.0, 7.0], [0.0, 7.0, 7.0]])
     total, metrics = loss_sum(outputs, batch, RewardLossConfig(pairwise_weight=2.0),
                               HeadLayout.build(True, ["q", "s"]), scaling)
-    close(total, 1.0038560)
+    assert_near(total, 1.0038560)
     assert batch.weight_sum == 2.0 and metrics["ordered"] == 1 and metrics["correct"] == 1
 
 
@@ -97,7 +97,7 @@ def test_a_one_aspect_model_reads_its_single_output_as_the_aspect_head():
     scaling = AspectScaling(["q"], [3.0], [2.0], [1], [5])
     batch = make_batch([_scored("A", {"q": 5.0})], scaling)
     total, _ = loss_sum(torch.tensor([3.0]), batch, RewardLossConfig(), HeadLayout.build(False, ["q"]), scaling)
-    close(total, 4.0)
+    assert_near(total, 4.0)
 
 
 def test_scores_only_run_records_aspects_and_load_reward_combines_them(scores_file, tmp_path, tiny_bert):
@@ -132,11 +132,11 @@ def test_scores_only_run_records_aspects_and_load_reward_combines_them(scores_fi
         assert abs(scores.mean().item()) < 1e-3 and abs(scores.std(unbiased=False).item() - 1) < 1e-3
     aspects = default.score_aspects(flat_prompts, flat_texts)
     raw = load_reward(folder, normalise=False).score(flat_prompts, flat_texts)
-    close(raw, aspects["quality"] + 2 * aspects["safety"], tol=1e-4)
+    assert_near(raw, aspects["quality"] + 2 * aspects["safety"], tol=1e-4)
     floor = aspects["safety"].median().item()
     floored = load_reward(f"{folder}?weights=quality:1,safety:2&floor=safety:{floor}&penalty=7")
     below = aspects["safety"] < floor
-    close(floored.score(flat_prompts, flat_texts), default.score(flat_prompts, flat_texts) - 7 * below.float(), tol=1e-4)
+    assert_near(floored.score(flat_prompts, flat_texts), default.score(flat_prompts, flat_texts) - 7 * below.float(), tol=1e-4)
     with pytest.raises(ValueError, match="heads are quality, safety"):
         load_reward(f"{folder}?weights=relevance:1")
 

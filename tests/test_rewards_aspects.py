@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from handvalues import close
+from handvalues import assert_near
 
 from tuneloop.metrics.aspects import aspect_correlations, implied_accuracy, score_gap_pairs
 from tuneloop.rewards.aspects import (
@@ -64,7 +64,8 @@ def test_bad_mappings_say_what_is_wrong():
 
 
 def test_weight_vector_orders_by_head_and_refuses_unknown_names():
-    close(weight_vector(["preference", "quality", "safety"], {"safety": 2, "quality": 0.5}), [0.0, 0.5, 2.0])
+    assert_near(weight_vector(["preference", "quality", "safety"], {"safety": 2, "quality": 0.5}),
+                [0.0, 0.5, 2.0])
     with pytest.raises(ValueError, match=r"\['humour'\].*preference, quality"):
         weight_vector(["preference", "quality"], {"humour": 1})
     with pytest.raises(ValueError, match="non-zero"):
@@ -76,7 +77,7 @@ def test_combination_moments_by_hand():
     wᵀΣw = 1·1·1 + 2·(1·2·½) + 2·2·4 = 1 + 2 + 16 = 19, std √19 = 4.3588989."""
     mean, std = combination_moments(T([1.0, 2.0]), T([1.0, 3.0]), T([[1.0, 0.5], [0.5, 4.0]]))
     assert mean == 7.0
-    close(std, 4.3588989)
+    assert_near(std, 4.3588989)
     assert combination_moments(T([1.0]), T([2.0]), T([[0.0]])) == (2.0, 1.0)  # constant: no scaling
 
 
@@ -85,8 +86,8 @@ def test_head_moments_and_normalised_combination_on_the_reference():
     standardised with combination_moments has mean 0 and std 1 on those same values."""
     values = T([[1.0, 2.0], [3.0, 6.0], [2.0, 4.0], [2.0, 4.0]])
     moments = head_moments(values[:2])
-    close(moments["mean"], [2.0, 4.0])
-    close(moments["cov"], [[1.0, 2.0], [2.0, 4.0]])
+    assert_near(moments["mean"], [2.0, 4.0])
+    assert_near(moments["cov"], [[1.0, 2.0], [2.0, 4.0]])
     torch.manual_seed(0)
     values = torch.randn(50, 3) * T([1.0, 2.0, 0.5]) + T([3.0, 1.0, 4.0])
     moments = head_moments(values)
@@ -98,7 +99,7 @@ def test_head_moments_and_normalised_combination_on_the_reference():
 
 def test_floor_penalty_by_hand():
     """Floor 3, penalty 5: scores 2.9 and 1 are below (−5 each), 3 and 4.2 are not."""
-    close(floor_penalty(T([2.9, 3.0, 4.2, 1.0]), 3.0, 5.0), [5.0, 0.0, 0.0, 5.0])
+    assert_near(floor_penalty(T([2.9, 3.0, 4.2, 1.0]), 3.0, 5.0), [5.0, 0.0, 0.0, 5.0])
 
 
 def test_aspect_correlations_by_hand():
@@ -110,12 +111,12 @@ def test_aspect_correlations_by_hand():
     human = T([[2.0, 1.0], [4.0, 2.0], [7.0, float("nan")]])
     mask = T([[True, True], [True, True], [True, False]])
     out = aspect_correlations(predicted, human, mask, ["a", "b"])
-    close(out["a"]["pearson"], 0.9933993)
-    close(out["a"]["spearman"], 1.0)
-    close(out["a"]["rmse"], math.sqrt(7))
+    assert_near(out["a"]["pearson"], 0.9933993)
+    assert_near(out["a"]["spearman"], 1.0)
+    assert_near(out["a"]["rmse"], math.sqrt(7))
     assert out["a"]["responses"] == 3 and out["b"]["responses"] == 2
-    close(out["b"]["pearson"], -1.0)
-    close(out["b"]["spearman"], -1.0)
+    assert_near(out["b"]["pearson"], -1.0)
+    assert_near(out["b"]["spearman"], -1.0)
 
 
 def test_score_gap_pairs_and_implied_accuracy_by_hand():
@@ -127,6 +128,6 @@ def test_score_gap_pairs_and_implied_accuracy_by_hand():
     better, worse = score_gap_pairs(groups, human, 0.5)
     assert better.tolist() == [0, 1, 5] and worse.tolist() == [2, 2, 3]
     out = implied_accuracy(T([3.0, 1.0, 2.0, 0.0, 9.0, 1.0]), better, worse)
-    close(out["accuracy"], 2 / 3)
+    assert_near(out["accuracy"], 2 / 3)
     assert out["pairs"] == 3
     assert score_gap_pairs(groups, human, 0.1)[0].numel() == 4  # (0, 1) differs by 0.2 ≥ 0.1
