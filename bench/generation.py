@@ -28,10 +28,10 @@ Parts, each on the same model, prompts and settings for every backend, one after
    ``task_flop_share`` counts the prompts' tokens as work too (each prompt once, whatever K: the same
    work for both backends, which transformers does K times) -- the model FLOPs utilisation of the task.
    For K = 1 a ceiling from the matmuls alone (``matmul_ceiling``): the same two shares if the call did
-   nothing but the engine's matmuls (the prefill's on the prompts' tokens, then one B-row pass per step)
-   at this process's measured speed of those shapes. No engine running this model on these kernels can
-   pass it; the gap between a share and its ceiling is the engine's own overhead (attention, sampling,
-   norms, Python).
+   nothing but the engine's matmuls (the prefill's on the prompts' tokens and the head at their last
+   tokens, then one B-row pass for each further token) at this process's measured speed of those shapes.
+   No engine running this model on these kernels can pass it; the gap between a share and its ceiling is
+   the engine's own overhead (attention, sampling, norms, Python).
 3. (``--demo-stage``) the demo's ``sample`` stage settings (src/tuneloop/demo.yaml): 48 review prompts
    × 4 candidates, ≤ 40 new tokens, T = 1, top-p 0.95, through ``generate()``: the stage before (the
    ``hf`` backend at batch 16) against the stage now (the engine at batch 64), and both backends at
@@ -52,6 +52,7 @@ import time
 import torch
 from sft_measure import matmul_peak_gflops  # bench/
 
+from tuneloop.models.llama_decode import supports_llama_fast_path
 from tuneloop.models.matmul import linear_backend
 
 PROMPTS = "bundled:review-prompts"
@@ -138,42 +139,47 @@ def run_backend(backend: str, model, tokenizer, prompts, num_candidates: int, ma
     return out
 
 
-def matmul_seconds(model, rows: int, with_head: bool = True, repeats: int = 5) -> float:
-    """Best wall time of the matmuls alone of one pass of ``rows`` tokens through the model, as the engine
-    runs them (its fused q|k|v and gate|up weights, ``models.matmul.linear``; the output head at every row
-    or, for a prefill, ``with_head=False``): no attention, norms, rotary or sampling."""
+def matmul_seconds(model, rows: int, head_rows: int, repeats: int = 5) -> float:
+    """Best wall time of the matmuls alone of one pass of ``rows`` tokens through the blocks and ``head_rows``
+    through the output head, as the engine runs them (its fused q|k|v and gate|up weights,
+    ``models.matmul.linear``): no attention, norms, rotary or sampling."""
     from tuneloop.models.llama_decode import fused_layer_weights
     from tuneloop.models.matmul import linear
 
     layers = fused_layer_weights(model)
     head = model.lm_head.weight
-    hidden, inner = head.shape[1], layers[0][5].shape[1]
-    x, h = torch.randn(rows, hidden), torch.randn(rows, inner)
+    _, qkv, o, _, gate_up, down = layers[0]
+    x, attended = torch.randn(rows, qkv.shape[1]), torch.randn(rows, o.shape[1])
+    h = torch.randn(rows, down.shape[1])
+    last = torch.randn(head_rows, head.shape[1])
     best = float("inf")
     with torch.no_grad(), torch._C.DisableTorchFunction():
         for _ in range(repeats + 1):
             started = time.perf_counter()
             for _, qkv, o, _, gate_up, down in layers:
-                linear(x, qkv), linear(x, o), linear(x, gate_up), linear(h, down)
-            if with_head:
-                linear(x, head)
+                linear(x, qkv), linear(attended, o), linear(x, gate_up), linear(h, down)
+            linear(last, head)
             best = min(best, time.perf_counter() - started)
     return best
 
 
-def matmul_ceiling(model, prompts: list[list[int]], rows: int, new_tokens: int, limit: float) -> dict:
+def matmul_ceiling(model, prompts: list[list[int]], new_tokens: int, limit: float) -> dict:
     """The share of the FLOP limit that no engine computing this model with these kernels can pass, from the
-    measured matmul time alone: ``decode`` = ``rows`` tokens ÷ one ``rows``-row pass; ``call`` also spends
-    the prefill's matmuls on the prompts' tokens (the prefix they all share counted once, as the engine
-    runs it) before ``new_tokens`` such steps."""
-    from tuneloop.models.llama_decode import common_prefix_length
+    measured matmul time alone, for one candidate per prompt and every row forced to ``new_tokens``:
+    ``decode`` = B = len(prompts) tokens ÷ one B-row pass; ``call`` = B × ``new_tokens`` tokens ÷ (the
+    prefill's matmuls: the prompts' tokens through the blocks, a prefix all of them share counted once
+    when the engine shares it, the head at each prompt's last token, which gives the first new token; then
+    ``new_tokens`` - 1 B-row decode passes)."""
+    from tuneloop.models.llama_decode import SHARED_PREFIX_MIN, common_prefix_length
 
-    shared = common_prefix_length(prompts) if len(prompts) > 1 else 0
+    rows = len(prompts)
+    shared = common_prefix_length(prompts) if rows > 1 else 0
+    shared = shared if shared >= SHARED_PREFIX_MIN else 0
     prompt_tokens = shared + sum(len(p) - shared for p in prompts)
-    step = matmul_seconds(model, rows)
-    prefill = matmul_seconds(model, prompt_tokens, with_head=False, repeats=2)
+    step = matmul_seconds(model, rows, rows)
+    prefill = matmul_seconds(model, prompt_tokens, rows, repeats=2)
     return {"decode": round(rows / step / limit, 3),
-            "call": round(rows * new_tokens / (prefill + new_tokens * step) / limit, 3),
+            "call": round(rows * new_tokens / (prefill + (new_tokens - 1) * step) / limit, 3),
             "step_matmul_ms": round(step * 1e3, 1), "prefill_matmul_s": round(prefill, 2),
             "prefill_tokens": prompt_tokens}
 
@@ -200,15 +206,16 @@ def compare(name: str, rows: list[dict], limit: float, table: list[dict], task_t
 
 def print_table(table: list[dict], limit: float) -> None:
     print(f"\n| workload | reference tok/s | tuneloop tok/s | ratio | tuneloop prefill s / decode s | share of the "
-          f"FLOP limit ({limit:.0f} tok/s): whole call / decode steps | the same from the matmuls alone (a ceiling) "
-          "| load avg |")
+          f"FLOP limit ({limit:.0f} tok/s): whole call / decode steps | the same from the matmuls alone "
+          "(a ceiling) | load avg |")
     print("|---|---|---|---|---|---|---|---|")
     for line in table:
         decode = f"{line['decode_flop_share']:.1%}" if line["decode_flop_share"] is not None else "-"
         bound = line.get("ceiling")
         ceiling = f"{bound['call']:.1%} / {bound['decode']:.1%}" if bound else "-"
         print(f"| {line['workload']} | {line['base_tok_s']} ({line['base']}) | {line['tok_s']} | {line['ratio']:.2f}× | "
-              f"{line['prefill_s']} / {line['decode_s']} | {line['flop_share']:.1%} / {decode} | {ceiling} | {line['load']} |")
+              f"{line['prefill_s']} / {line['decode_s']} | {line['flop_share']:.1%} / {decode} | {ceiling} | "
+              f"{line['load']} |")
 
 
 def main() -> None:
@@ -259,8 +266,8 @@ def main() -> None:
             task_tokens = rows[-1]["tokens"] + sum(len(p) for p in chosen)
             name = f"forced {args.max_new_tokens}, batch {batch}" + (f", K = {candidates}" if candidates > 1 else "")
             line = compare(name, rows, limit, table, task_tokens)
-            if hasattr(model, "lm_head") and candidates == 1:
-                line["ceiling"] = matmul_ceiling(model, chosen, batch, args.max_new_tokens, limit)
+            if supports_llama_fast_path(model) and candidates == 1:
+                line["ceiling"] = matmul_ceiling(model, chosen, args.max_new_tokens, limit)
                 print(f"   {name}: matmuls alone: {line['ceiling']}", flush=True)
             report["throughput"].append(line)
 
