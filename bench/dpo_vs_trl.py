@@ -29,10 +29,8 @@ no evaluation or saving, logging every step.
    TRL), with its reference forward pass inside every step as it does by default. The ratio uses the
    "with reference" number. CPU seconds per pair are also shown: on a shared machine another process
    stealing cores inflates wall time, and ``cpu/wall`` below the thread count says it happened.
-Kernels: both tools run in this one process, and tuneloop's training loop routes every fp32 ``F.linear``
-of the process through ``models/matmul.py``'s choice (oneDNN where it beats MKL). The bench makes that
-choice before either tool runs (``same_kernels``), so TRL runs on the same kernels and the ratio is
-tuneloop's own work, not the matmul library's.
+Kernels: both tools run in this process on the same matmul kernels, tuneloop's choice made before either
+runs (``sft_measure.same_kernels``): the ratio is tuneloop's own work, not the matmul library's.
 """
 
 from __future__ import annotations

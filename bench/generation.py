@@ -52,8 +52,8 @@ import time
 import torch
 from sft_measure import matmul_peak_gflops  # bench/
 
-from tuneloop.models.llama_decode import supports_llama_fast_path
-from tuneloop.models.matmul import linear_backend
+from tuneloop.models.llama_decode import fused_layer_weights, shared_prefix_length, supports_llama_fast_path
+from tuneloop.models.matmul import linear, linear_backend
 
 PROMPTS = "bundled:review-prompts"
 DEMO_BATCH, DEMO_BATCH_BEFORE = 64, 16  # the demo's sample-stage batch size (src/tuneloop/demo.yaml), and before
@@ -139,15 +139,11 @@ def run_backend(backend: str, model, tokenizer, prompts, num_candidates: int, ma
     return out
 
 
-def matmul_seconds(model, rows: int, head_rows: int, repeats: int = 5) -> float:
+def matmul_seconds(layers: list[tuple[torch.Tensor, ...]], head: torch.Tensor, rows: int, head_rows: int,
+                   repeats: int = 5) -> float:
     """Best wall time of the matmuls alone of one pass of ``rows`` tokens through the blocks and ``head_rows``
-    through the output head, as the engine runs them (its fused q|k|v and gate|up weights,
-    ``models.matmul.linear``): no attention, norms, rotary or sampling."""
-    from tuneloop.models.llama_decode import fused_layer_weights
-    from tuneloop.models.matmul import linear
-
-    layers = fused_layer_weights(model)
-    head = model.lm_head.weight
+    through the output head, as the engine runs them (``layers``: its fused q|k|v and gate|up weights,
+    ``fused_layer_weights``; ``models.matmul.linear``): no attention, norms, rotary or sampling."""
     _, qkv, o, _, gate_up, down = layers[0]
     x, attended = torch.randn(rows, qkv.shape[1]), torch.randn(rows, o.shape[1])
     h = torch.randn(rows, down.shape[1])
@@ -163,21 +159,18 @@ def matmul_seconds(model, rows: int, head_rows: int, repeats: int = 5) -> float:
     return best
 
 
-def matmul_ceiling(model, prompts: list[list[int]], new_tokens: int, limit: float) -> dict:
+def matmul_ceiling(layers: list[tuple[torch.Tensor, ...]], head: torch.Tensor, prompts: list[list[int]],
+                   new_tokens: int, limit: float) -> dict:
     """The share of the FLOP limit that no engine computing this model with these kernels can pass, from the
     measured matmul time alone, for one candidate per prompt and every row forced to ``new_tokens``:
     ``decode`` = B = len(prompts) tokens ÷ one B-row pass; ``call`` = B × ``new_tokens`` tokens ÷ (the
-    prefill's matmuls: the prompts' tokens through the blocks, a prefix all of them share counted once
-    when the engine shares it, the head at each prompt's last token, which gives the first new token; then
-    ``new_tokens`` - 1 B-row decode passes)."""
-    from tuneloop.models.llama_decode import SHARED_PREFIX_MIN, common_prefix_length
-
-    rows = len(prompts)
-    shared = common_prefix_length(prompts) if rows > 1 else 0
-    shared = shared if shared >= SHARED_PREFIX_MIN else 0
+    prefill's matmuls: the prompts' tokens through the blocks, the prefix the engine runs once for all of
+    them (``shared_prefix_length``) counted once, the head at each prompt's last token, which gives the
+    first new token; then ``new_tokens`` - 1 B-row decode passes)."""
+    rows, shared = len(prompts), shared_prefix_length(prompts)
     prompt_tokens = shared + sum(len(p) - shared for p in prompts)
-    step = matmul_seconds(model, rows, rows)
-    prefill = matmul_seconds(model, prompt_tokens, rows, repeats=2)
+    step = matmul_seconds(layers, head, rows, rows)
+    prefill = matmul_seconds(layers, head, prompt_tokens, rows, repeats=2)
     return {"decode": round(rows / step / limit, 3),
             "call": round(rows * new_tokens / (prefill + (new_tokens - 1) * step) / limit, 3),
             "step_matmul_ms": round(step * 1e3, 1), "prefill_matmul_s": round(prefill, 2),
@@ -258,6 +251,9 @@ def main() -> None:
         prompts = review_prompts(tokenizer, 64)
         print(f"\n[bench] 2. throughput, every sequence forced to {args.max_new_tokens} new tokens", flush=True)
         report["throughput"] = []
+        # the engine's weights, for the matmuls-alone ceiling (built once: a copy of every block's weights)
+        fast_path = supports_llama_fast_path(model)
+        fused = (fused_layer_weights(model), model.lm_head.weight) if fast_path else None
         cases = [(int(b), 1) for b in args.batches.split(",")] + [(32, 4)]
         for batch, candidates in cases:
             chosen = prompts[:max(1, batch // candidates)]
@@ -266,8 +262,8 @@ def main() -> None:
             task_tokens = rows[-1]["tokens"] + sum(len(p) for p in chosen)
             name = f"forced {args.max_new_tokens}, batch {batch}" + (f", K = {candidates}" if candidates > 1 else "")
             line = compare(name, rows, limit, table, task_tokens)
-            if supports_llama_fast_path(model) and candidates == 1:
-                line["ceiling"] = matmul_ceiling(model, chosen, args.max_new_tokens, limit)
+            if fused is not None and candidates == 1:
+                line["ceiling"] = matmul_ceiling(*fused, chosen, args.max_new_tokens, limit)
                 print(f"   {name}: matmuls alone: {line['ceiling']}", flush=True)
             report["throughput"].append(line)
 

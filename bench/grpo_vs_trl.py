@@ -54,6 +54,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ppo_vs_trl import (  # noqa: E402  (the shared plumbing of the two RL benches)
     TARGETS,
+    add_run_args,
     compare,
     forced_responses,
     load_base,
@@ -82,13 +83,7 @@ def parse_args(argv=None):
                    help="optimizer of the agreement's first step (both tools): sgd checks the gradients themselves")
     p.add_argument("--perturb", type=float, default=0.02, help="std of the agreement's LoRA B entries")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip", choices=["none", "agreement", "speed"], default="none")
-    p.add_argument("--trl-same-kernels", action="store_true",
-                   help="run TRL's speed child on tuneloop's matmul choice too (oneDNN where it is faster): the "
-                        "ratio on equal kernels; by default TRL runs as shipped, on torch's MKL matmul")
-    p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--worker", choices=["agreement", "tuneloop", "trl"], default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    add_run_args(p)
     return p.parse_args(argv)
 
 

@@ -96,14 +96,20 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trl-dir", default=os.environ.get("TRL112_DIR",
                                                        str(Path.home() / ".cache" / "tuneloop" / "trl-1.12.0")))
+    add_run_args(p)
+    return p.parse_args(argv)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options ``compare`` and ``run_worker`` read, the same in both RL benches."""
     p.add_argument("--skip", choices=["none", "agreement", "speed"], default="none")
     p.add_argument("--trl-same-kernels", action="store_true",
-                   help="run TRL's speed child on tuneloop's matmul choice too (oneDNN where it is faster): the "
-                        "ratio on equal kernels; by default TRL runs as shipped, on torch's MKL matmul")
+                   help="route TRL's speed child through tuneloop's torch-function mode too; its per-op Python "
+                        "dispatch slows transformers' generate(), so this is not 'TRL on oneDNN' "
+                        "(TUNELOOP_LINEAR=torch puts both tools on MKL); by default TRL runs as shipped")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--worker", choices=["agreement", "tuneloop", "trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
 
 
 # --- shared inputs ------------------------------------------------------------------------------------

@@ -16,10 +16,8 @@ Measured: pairs/s of the training loop alone (tuneloop: from its first to its la
 scorer, right padding, head on [CLS]). Goals: ratio ≥ 2, ours ≥ TRL's. Needs the bench extra
 (``pip install -e '.[bench]'``). The two runs share the CPU with whatever else runs on it: compare
 them only within one invocation.
-Kernels: both tools run in this one process, and tuneloop's training loop routes every fp32 ``F.linear``
-of the process through ``models/matmul.py``'s choice (oneDNN where it beats MKL). The bench makes that
-choice before either tool runs (``same_kernels``), so TRL runs on the same kernels and the ratio is
-tuneloop's own work, not the matmul library's.
+Kernels: both tools run in this process on the same matmul kernels, tuneloop's choice made before either
+runs (``sft_measure.same_kernels``): the ratio is tuneloop's own work, not the matmul library's.
 """
 
 from __future__ import annotations

@@ -43,10 +43,11 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 12) -> dict:
 
 
 def same_kernels() -> str:
-    """Route this process's fp32 ``F.linear`` calls through tuneloop's matmul choice now, before either tool
-    runs (tuneloop's training loop would do it at its first run, and TRL would then follow it or not
-    depending on the order): both tools of an in-process bench run on the same kernels. Prints and
-    returns the backend."""
+    """Route this process's fp32 ``F.linear`` calls through tuneloop's matmul choice (``models/matmul.py``:
+    oneDNN where it beats MKL) now, before either tool runs: tuneloop's training loops enter that mode for
+    their own run only, so without this TRL would run on MKL and the ratio would measure the matmul
+    library. Both tools of an in-process bench then run on the same kernels. Prints and returns the
+    backend."""
     from tuneloop.models.matmul import fast_linear
 
     block = fast_linear()  # open for the rest of the bench process (a script: nothing runs after it)

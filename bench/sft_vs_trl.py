@@ -65,10 +65,8 @@ GFLOP/s (model FLOPs), MFU, MFU head@all, loss over all steps (first, mean, mean
 tok/cpu-s and MFU/cpu (the same per process CPU-second, against the peak's FLOPs per CPU-second: far
 less sensitive to other processes than tok/s and MFU, most of all with --threads 1; with more threads,
 OpenMP threads that spin while waiting count as busy).
-Kernels: both tools run in this one process, and tuneloop's training loop routes every fp32 ``F.linear``
-of the process through ``models/matmul.py``'s choice (oneDNN where it beats MKL). The bench makes that
-choice before either tool runs (``same_kernels``), so TRL runs on the same kernels and the ratio is
-tuneloop's own work, not the matmul library's.
+Kernels: both tools run in this process on the same matmul kernels, tuneloop's choice made before either
+runs (``sft_measure.same_kernels``): the ratio is tuneloop's own work, not the matmul library's.
 """
 
 from __future__ import annotations

@@ -45,3 +45,17 @@ def sharp_model(tiny_model):
             if parameter.dim() == 2:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
     return tiny_model
+
+
+@pytest.fixture()
+def backend(monkeypatch):
+    """Set TUNELOOP_LINEAR for one test (models/matmul.py; the cached choice is cleared before and after)."""
+    from tuneloop.models import matmul
+
+    def choose(value: str):
+        monkeypatch.setenv("TUNELOOP_LINEAR", value)
+        matmul.linear_backend.cache_clear()
+        return matmul.linear_backend()
+
+    yield choose
+    matmul.linear_backend.cache_clear()

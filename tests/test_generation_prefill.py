@@ -15,7 +15,7 @@ from tuneloop.generation.engine import generate_engine
 from tuneloop.generation.forward import GenericForward
 from tuneloop.generation.kv import KVPlan, SlotKVCache, plan_kv_cache
 from tuneloop.models import llama_decode
-from tuneloop.models.llama_decode import LlamaForward, common_prefix_length
+from tuneloop.models.llama_decode import LlamaForward, common_prefix_length, shared_prefix_length
 
 SYSTEM = "You are a film critic who writes short, honest reviews of every movie you are asked about, in English."
 QUESTIONS = ["Review Up.", "What do you think of a long film about a lighthouse keeper and his dog at sea?", "Jaws?"]
@@ -37,6 +37,15 @@ def test_common_prefix_length_by_hand():
     assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
     assert common_prefix_length([[7, 8, 9]]) == 2
     assert common_prefix_length([[1, 2], [3, 2]]) == 0
+
+
+def test_shared_prefix_length_needs_several_prompts_and_the_minimum():
+    """The prefix the prefill runs once: 16 shared tokens (SHARED_PREFIX_MIN) of two prompts count; 15 do
+    not, nor does a lone prompt's own 20."""
+    base = list(range(100, 120))
+    assert shared_prefix_length([base[:16] + [1, 2], base[:16] + [3]]) == 16
+    assert shared_prefix_length([base[:15] + [1, 2], base[:15] + [3]]) == 0
+    assert shared_prefix_length([base]) == 0
 
 
 def test_cache_copy_takes_the_first_positions_of_each_source():

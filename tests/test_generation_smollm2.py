@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from tuneloop.generation import SamplingConfig, generate
-from tuneloop.models.logprobs import answer_logprobs
 from tuneloop.models import matmul
-from tuneloop.models.matmul import fast_linear
+from tuneloop.models.logprobs import answer_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +41,7 @@ def test_greedy_equals_transformers_generate(smollm):
 
 
 @pytest.mark.parametrize("kernel", ["torch", "onednn"])
-def test_sampled_logprobs_equal_teacher_forcing_and_backends_agree(smollm, kernel, monkeypatch):
+def test_sampled_logprobs_equal_teacher_forcing_and_backends_agree(smollm, kernel, backend):
     """On the tiny models the engine's log-probs equal teacher forcing to 1e-5 (test_generation.py). On
     SmolLM2's 30 fp32 layers no cached decode loop does: a decode step multiplies B×576 rows where
     teacher forcing multiplies T×576, rounding differs, and by the last layer logits of magnitude ~20
@@ -53,25 +52,23 @@ def test_sampled_logprobs_equal_teacher_forcing_and_backends_agree(smollm, kerne
     3e-5 (2.5e-5 measured on an AMD EPYC; 2.3e-5 against teacher forcing on MKL)."""
     if kernel == "onednn" and not matmul.onednn_available():
         pytest.skip("this torch build has no oneDNN")
-    monkeypatch.setenv("TUNELOOP_LINEAR", kernel)
-    matmul.linear_backend.cache_clear()
-    try:
-        model, tokenizer, prompts = smollm
-        runs = {backend: generate(model, tokenizer, prompts, SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=16,
-                                                                             batch_size=4, backend=backend),
-                                  num_candidates=2, seed=11) for backend in ("tuneloop", "hf")}
-        assert ([[g.token_ids for g in per] for per in runs["tuneloop"]]
-                == [[g.token_ids for g in per] for per in runs["hf"]])
-        errors = {}
-        for backend, results in runs.items():
-            generations = [g for per in results for g in per]
-            # teacher forcing on the kernels the backend sampled with (the engine's: fast_linear, as in training)
-            with torch.no_grad(), fast_linear() if backend == "tuneloop" else contextlib.nullcontext():
-                forced = answer_logprobs(model, [(g.prompt_ids, g.token_ids) for g in generations],
-                                         tokenizer.pad_token_id)
-            errors[backend] = max((torch.tensor(g.logprobs) - f).abs().max().item() for g, f in zip(generations, forced))
-    finally:
-        matmul.linear_backend.cache_clear()
+    backend(kernel)
+    model, tokenizer, prompts = smollm
+    runs = {sampler: generate(model, tokenizer, prompts,
+                              SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=16, batch_size=4,
+                                             backend=sampler),
+                              num_candidates=2, seed=11) for sampler in ("tuneloop", "hf")}
+    assert ([[g.token_ids for g in per] for per in runs["tuneloop"]]
+            == [[g.token_ids for g in per] for per in runs["hf"]])
+    errors = {}
+    for sampler, results in runs.items():
+        generations = [g for per in results for g in per]
+        # teacher forcing on the kernels the backend sampled with (the engine's: fast_linear, as in training)
+        with torch.no_grad(), matmul.fast_linear() if sampler == "tuneloop" else contextlib.nullcontext():
+            forced = answer_logprobs(model, [(g.prompt_ids, g.token_ids) for g in generations],
+                                     tokenizer.pad_token_id)
+        errors[sampler] = max((torch.tensor(g.logprobs) - f).abs().max().item()
+                              for g, f in zip(generations, forced))
     assert errors["tuneloop"] <= 3e-5, errors
     if kernel == "torch":
         assert errors["tuneloop"] <= max(errors["hf"], 1e-5), errors

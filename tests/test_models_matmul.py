@@ -20,18 +20,6 @@ from tuneloop.models.llama_decode import LlamaForward
 pytestmark = pytest.mark.skipif(not matmul.onednn_available(), reason="this torch build has no oneDNN")
 
 
-@pytest.fixture
-def backend(monkeypatch):
-    """Set TUNELOOP_LINEAR for one test (the cached choice is cleared before and after)."""
-    def choose(value: str) -> matmul.LinearBackend:
-        monkeypatch.setenv("TUNELOOP_LINEAR", value)
-        matmul.linear_backend.cache_clear()
-        return matmul.linear_backend()
-
-    yield choose
-    matmul.linear_backend.cache_clear()
-
-
 def _ran_on_onednn(t: torch.Tensor) -> bool:
     """The autograd node that made ``t`` (under the views ``linear`` adds) is the oneDNN linear."""
     node = t.grad_fn

@@ -195,8 +195,8 @@ class LlamaForward(GenericForward):
         more, e.g. a chat template's system prompt) is run once and copied into the other slots, and kept:
         a later prefill whose prompts all start with it (a prompt admitted alone) copies it in as well."""
         done = self._write_kept_prefix(slots, targets, prompts)
-        shared = common_prefix_length(prompts)
-        if not done and len(prompts) > 1 and shared >= SHARED_PREFIX_MIN:
+        shared = shared_prefix_length(prompts)
+        if not done and shared:
             self._run_tokens(slots, targets[:1], [prompts[0][:shared]], [0], logits=False)
             slots.copy([targets[0]] * (len(targets) - 1), targets[1:], shared)
             self.kept_prefix = (prompts[0][:shared], slots.read_prompt(targets[0], shared))
@@ -274,3 +274,10 @@ def common_prefix_length(prompts: list[list[int]]) -> int:
         if any(p[position] != token for p in prompts):
             return position
     return shortest - 1
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """The prefix a prefill of ``prompts`` runs once for all of them: their ``common_prefix_length`` when
+    there are several and it is SHARED_PREFIX_MIN tokens or more, else 0."""
+    shared = common_prefix_length(prompts) if len(prompts) > 1 else 0
+    return shared if shared >= SHARED_PREFIX_MIN else 0
