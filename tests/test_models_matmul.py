@@ -129,13 +129,32 @@ def test_fast_linear_lasts_for_its_block_and_nests(backend):
         assert type(layer(x).grad_fn).__name__ == "AddmmBackward0"
 
 
-def test_auto_measures_torch_itself_even_inside_the_mode(backend, monkeypatch):
-    """auto keeps oneDNN at MIN_SPEEDUP or more; the measurement times torch's F.linear, not the mode's."""
-    monkeypatch.setattr(matmul, "measure_speedup", lambda: matmul.MIN_SPEEDUP)
+def test_auto_measures_each_regime_and_torch_itself_even_inside_the_mode(backend, monkeypatch):
+    """auto keeps oneDNN in a regime at its minimum speedup or more (the training regime is measured only
+    where oneDNN wins the decode one, on an AVX-512 CPU); the measurement times torch's F.linear, not the
+    mode's."""
+    measured = []
+
+    def speedups(decode: float, training: float) -> None:
+        def measure(rows=32, inputs=1024, outputs=4096, backward=False):
+            measured.append(backward)
+            return training if backward else decode
+        monkeypatch.setattr(matmul, "measure_speedup", measure)
+
+    monkeypatch.setattr(matmul, "has_avx512", lambda: True)
+    speedups(matmul.MIN_SPEEDUP, matmul.MIN_TRAINING_SPEEDUP)
     assert backend("") is matmul.LinearBackend.ONEDNN  # empty = auto
-    monkeypatch.setattr(matmul, "measure_speedup", lambda: matmul.MIN_SPEEDUP - 0.01)
-    assert backend("auto") is matmul.LinearBackend.TORCH
-    monkeypatch.setattr(matmul, "measure_speedup", lambda: matmul.MIN_SPEEDUP)
+    speedups(matmul.MIN_SPEEDUP, matmul.MIN_TRAINING_SPEEDUP - 0.01)
+    assert backend("auto") is matmul.LinearBackend.SPLIT
+    measured.clear()
+    speedups(matmul.MIN_SPEEDUP - 0.01, 9.0)
+    assert backend("auto") is matmul.LinearBackend.TORCH and measured == [False]
+    measured.clear()
+    monkeypatch.setattr(matmul, "has_avx512", lambda: False)  # AVX2: training stays on torch's, unmeasured
+    speedups(matmul.MIN_SPEEDUP, 9.0)
+    assert backend("auto") is matmul.LinearBackend.SPLIT and measured == [False]
+    monkeypatch.setattr(matmul, "has_avx512", lambda: True)
+    speedups(matmul.MIN_SPEEDUP, matmul.MIN_TRAINING_SPEEDUP)
     monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun rank: torch's matmul (multi-process runs aborted at exit)
     assert backend("auto") is matmul.LinearBackend.TORCH
     assert backend("onednn") is matmul.LinearBackend.ONEDNN  # unless asked for
@@ -146,12 +165,26 @@ def test_auto_measures_torch_itself_even_inside_the_mode(backend, monkeypatch):
     monkeypatch.setattr(matmul, "_onednn_linear", lambda *a: calls.append(1) or torch.zeros(()))
     with matmul.FastLinear():
         matmul.measure_speedup(rows=2, inputs=4, outputs=4)
-    assert len(calls) == 6  # oneDNN's own 1 + 5 timed calls; torch's F.linear was not rerouted
+        assert len(calls) == 6  # oneDNN's own 1 + 5 timed calls; torch's F.linear was not rerouted
+        matmul.measure_speedup(rows=2, inputs=4, outputs=4, backward=True)
+        assert len(calls) == 6 + 4 * 4  # forward and dx, both directions, 1 + 3 calls each
+
+
+def test_split_sends_only_small_row_counts_to_onednn_and_enters_no_mode(backend):
+    assert backend("onednn-small") is matmul.LinearBackend.SPLIT
+    x, weight = _leaves((2, matmul.SMALL_ROWS // 2, 8), (6, 8))  # SMALL_ROWS rows in all
+    assert _ran_on_onednn(matmul.linear(x, weight))
+    big, _ = _leaves((matmul.SMALL_ROWS + 1, 8), (1,))
+    assert type(matmul.linear(big, weight).grad_fn).__name__ == "MmBackward0"
+    layer = torch.nn.Linear(8, 4)
+    with matmul.fast_linear() as chosen:  # training forwards have many rows: no mode, no per-op dispatch
+        assert chosen is matmul.LinearBackend.SPLIT
+        assert type(layer(torch.randn(3, 8)).grad_fn).__name__ == "AddmmBackward0"
 
 
 def test_the_environment_variable_is_checked(backend, monkeypatch):
     assert backend("torch") is matmul.LinearBackend.TORCH
-    with pytest.raises(ValueError, match="TUNELOOP_LINEAR must be auto, torch or onednn, got 'mkl'"):
+    with pytest.raises(ValueError, match="must be auto, torch, onednn or onednn-small, got 'mkl'"):
         backend("mkl")
     monkeypatch.setattr(matmul, "onednn_available", lambda: False)
     with pytest.raises(ValueError, match="TUNELOOP_LINEAR=onednn, but this torch build has no oneDNN"):

@@ -2,21 +2,29 @@
 
 torch runs an fp32 ``F.linear`` on CPU through MKL, whose kernels are chosen by CPU vendor: on AMD
 CPUs with AVX-512 (e.g. EPYC Zen 4/5) MKL runs its AVX2 code, half the vector width. oneDNN, which torch
-ships as well, picks its kernels by instruction set. Measured on a 2-core AMD EPYC (family 26, AVX-512),
-2 threads, every SmolLM2-135M weight shape once: 2.0-2.3× the GFLOP/s of ``F.linear`` at 1 to 370 rows
-(128 → 287 GFLOP/s at 64 rows; 2048² matmul 233 → 502). Where the two are close (an earlier machine of
-this project measured them within ±15% at 32-64 rows), torch's stays.
+ships as well, picks its kernels by instruction set. Which one is faster depends on the CPU and on the
+number of rows, so the choice is made apart for two regimes: matmuls of at most ``SMALL_ROWS`` rows (the
+decode engine's steps) and larger ones (prefill, teacher forcing, the training forwards and backwards).
+Measured with 2 threads, every SmolLM2-135M weight shape once:
 
-Which one runs is decided once per process (``linear_backend``): ``TUNELOOP_LINEAR=torch`` or ``onednn``
-in the environment, or by default (``auto``) a ~0.1 s measurement of both on one layer-sized matmul,
-oneDNN kept only when it is at least ``MIN_SPEEDUP`` faster and the run has one process (see there).
-Results differ from torch's in the last bits of fp32 (another summation order), as two BLAS libraries do.
+- 2-core AMD EPYC family 26 (AVX-512): oneDNN 2.0-2.3× the GFLOP/s of ``F.linear`` at 1 to 370 rows
+  (2048² matmul 233 → 502 GFLOP/s): oneDNN in both regimes.
+- 2-core AMD EPYC family 25 (AVX2): oneDNN 1.2-1.8× at 8-32 rows, but 0.8-1.0× at 360-1024 rows and
+  slower on the backward's transposed weights; a LoRA forward + backward of SmolLM2 on 4 × 140 tokens
+  took 5.9 s on oneDNN against 3.9 s on MKL: oneDNN for the decode steps only (``SPLIT``).
 
-``linear(x, weight, bias)`` is ``F.linear`` on the chosen backend, with autograd (the backward's two
-matmuls on oneDNN too); ``FastLinear`` is a torch-function mode that sends every eligible ``F.linear``
-(an fp32 CPU tensor and weight: transformers' and peft's ``nn.Linear`` layers) through it. The training
-loops and ``tuneloop eval`` run inside it for the length of the run (``with_fast_linear``); the decode
-engine calls ``linear`` directly.
+Which one runs is decided once per process (``linear_backend``): ``TUNELOOP_LINEAR=torch``, ``onednn``
+or ``onednn-small`` in the environment, or by default (``auto``) a short measurement of both (~0.1 s,
+~0.5 s with the training regime; see ``measure_speedup``), oneDNN kept in a regime only when it is at
+least ``MIN_SPEEDUP`` (training: ``MIN_TRAINING_SPEEDUP``, and only on an AVX-512 CPU) faster there and
+the run has one process (see ``linear_backend``). Results differ from torch's in the
+last bits of fp32 (another summation order), as two BLAS libraries do.
+
+``linear(x, weight, bias)`` is ``F.linear`` on the chosen backend for its number of rows, with autograd
+(the backward's two matmuls on oneDNN too); ``FastLinear`` is a torch-function mode that sends every
+eligible ``F.linear`` (an fp32 CPU tensor and weight: transformers' and peft's ``nn.Linear`` layers)
+through it. The training loops and ``tuneloop eval`` run inside it for the length of the run
+(``with_fast_linear``) when the large regime is on oneDNN; the decode engine calls ``linear`` directly.
 """
 
 from __future__ import annotations
@@ -35,15 +43,33 @@ from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
 MIN_SPEEDUP = 1.25  # oneDNN must be this much faster than torch's matmul to be chosen by ``auto``
+# ... and this much in the training regime, whose measurement on one synthetic layer overstates oneDNN:
+# on the AVX2 CPU of the docstring it read 1.06-1.30 (128-256 rows) where a LoRA forward + backward ran
+# 1.5× slower on oneDNN; on the AVX-512 one oneDNN is 2.0-2.3× there.
+MIN_TRAINING_SPEEDUP = 1.5
+SMALL_ROWS = 64  # matmuls of at most this many rows (decode steps) are chosen apart from larger ones
 
 
 class LinearBackend(str, enum.Enum):
-    TORCH = "torch"
-    ONEDNN = "onednn"
+    TORCH = "torch"  # torch's matmul (MKL) for every call
+    ONEDNN = "onednn"  # oneDNN for every eligible call
+    SPLIT = "onednn-small"  # oneDNN up to SMALL_ROWS rows (the decode steps), torch's above
+
+    def onednn_for(self, rows: int) -> bool:
+        return self is LinearBackend.ONEDNN or (self is LinearBackend.SPLIT and rows <= SMALL_ROWS)
+
+    def describe(self) -> str:
+        return {LinearBackend.TORCH: "torch's matmul (MKL)", LinearBackend.ONEDNN: "oneDNN",
+                LinearBackend.SPLIT: f"oneDNN up to {SMALL_ROWS} rows (decode steps), MKL above"}[self]
 
 
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def has_avx512() -> bool:
+    """Whether torch's CPU kernels run AVX-512 code on this CPU."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,34 +87,56 @@ def _best_time(fn, repeats: int = 5) -> float:
     return best
 
 
-def measure_speedup(rows: int = 32, inputs: int = 1024, outputs: int = 4096) -> float:
-    """torch's time / oneDNN's time for one (rows, inputs) × (outputs, inputs)ᵀ fp32 matmul, best of 5."""
+def measure_speedup(rows: int = 32, inputs: int = 1024, outputs: int = 4096, backward: bool = False) -> float:
+    """torch's time / oneDNN's time for one (rows, inputs) × (outputs, inputs)ᵀ fp32 matmul, best of 5; with
+    ``backward``, the sum over a training layer's two matmuls (y = x Wᵀ and the backward's dx = dy W on the
+    transposed weight) in both directions (inputs → outputs and back), best of 3 each."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, inputs, generator=generator)
-    weight = torch.randn(outputs, inputs, generator=generator)
+    shapes = [(inputs, outputs), (outputs, inputs)] if backward else [(inputs, outputs)]
+    torch_s = onednn_s = 0.0
     with torch._C.DisableTorchFunction():  # torch's own F.linear, even inside a FastLinear mode
-        return _best_time(lambda: F.linear(x, weight)) / _best_time(lambda: _onednn_linear(x, weight))
+        for n_in, n_out in shapes:
+            x = torch.randn(rows, n_in, generator=generator)
+            weight = torch.randn(n_out, n_in, generator=generator)
+            pairs = [(x, weight)]
+            if backward:
+                pairs.append((torch.randn(rows, n_out, generator=generator), weight.t()))
+            for a, w in pairs:
+                repeats = 3 if backward else 5
+                torch_s += _best_time(lambda a=a, w=w: F.linear(a, w), repeats)
+                onednn_s += _best_time(lambda a=a, w=w: _onednn_linear(a, w), repeats)
+    return torch_s / onednn_s
 
 
 @functools.cache
 def linear_backend() -> LinearBackend:
-    """The backend of this process: ``TUNELOOP_LINEAR`` (torch, onednn or auto; auto by default)."""
+    """The backend of this process: ``TUNELOOP_LINEAR`` (torch, onednn, onednn-small or auto, the
+    default). auto measures the decode regime (32 rows, forward) and, where oneDNN wins there and the CPU
+    has AVX-512, the training regime (128 rows, forward and backward)."""
     choice = os.environ.get("TUNELOOP_LINEAR", "").strip().lower() or "auto"
-    if choice not in ("auto", "torch", "onednn"):
-        raise ValueError(f"TUNELOOP_LINEAR must be auto, torch or onednn, got {choice!r}")
+    if choice not in ("auto", *(b.value for b in LinearBackend)):
+        raise ValueError(f"TUNELOOP_LINEAR must be auto, torch, onednn or onednn-small, got {choice!r}")
     if choice == "torch" or not onednn_available():
-        if choice == "onednn":
-            raise ValueError("TUNELOOP_LINEAR=onednn, but this torch build has no oneDNN (torch.backends.mkldnn)")
+        if choice != "torch" and choice != "auto":
+            raise ValueError(f"TUNELOOP_LINEAR={choice}, but this torch build has no oneDNN "
+                             "(torch.backends.mkldnn)")
         return LinearBackend.TORCH
-    if choice == "onednn":
-        return LinearBackend.ONEDNN
+    if choice != "auto":
+        return LinearBackend(choice)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Multi-process (torchrun) runs stay on torch's matmul: with oneDNN, 2-process CPU runs under gloo
         # aborted at exit in 3 of 8 rounds of the multi-process tests in one session and in 1 of 52 tiny-SFT
         # rounds in another ("terminate called without an active exception", exit -6, in C++ teardown after
         # the last step); with torch's, 0 of 6. Cause not found yet.
         return LinearBackend.TORCH
-    return LinearBackend.ONEDNN if measure_speedup() >= MIN_SPEEDUP else LinearBackend.TORCH
+    if measure_speedup() < MIN_SPEEDUP:
+        return LinearBackend.TORCH
+    # The training regime only where MKL can fall short at every size (its AVX2 code on an AVX-512 CPU):
+    # on an AVX2 CPU both run AVX2 kernels, and a timing taken under load read 1.3-1.8 there (idle:
+    # 1.06-1.30) where the model's training ran 1.5× slower on oneDNN.
+    if has_avx512() and measure_speedup(rows=128, backward=True) >= MIN_TRAINING_SPEEDUP:
+        return LinearBackend.ONEDNN
+    return LinearBackend.SPLIT
 
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -129,8 +177,10 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """oneDNN for this call: a CPU input (a GPU run never measures), the oneDNN backend, eligible tensors."""
-    return x.device.type == "cpu" and linear_backend() is LinearBackend.ONEDNN and _eligible(x, weight, bias)
+    """oneDNN for this call: a CPU input (a GPU run never measures), a backend that sends this many rows to
+    oneDNN, eligible tensors."""
+    return (x.device.type == "cpu" and linear_backend().onednn_for(x.numel() // max(x.shape[-1], 1))
+            and _eligible(x, weight, bias))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,7 +220,9 @@ _ACTIVE = threading.local()  # .depth: fast_linear() blocks open in this thread
 @contextlib.contextmanager
 def fast_linear() -> Iterator[LinearBackend]:
     """Within the block, this thread's ``F.linear`` calls go through ``linear`` (a ``FastLinear`` mode),
-    when the backend is oneDNN and no GPU is in use; nested blocks add nothing. Yields the backend."""
+    when the backend is oneDNN for every row count and no GPU is in use (a ``SPLIT`` backend would send
+    the training forwards' many rows to torch anyway: no mode, no per-op dispatch); nested blocks add
+    nothing. Yields the backend."""
     backend = LinearBackend.TORCH if torch.cuda.is_available() else linear_backend()
     depth = getattr(_ACTIVE, "depth", 0)
     _ACTIVE.depth = depth + 1
@@ -194,6 +246,6 @@ def with_fast_linear(fn):
 
 @functools.cache
 def _announce(backend: LinearBackend) -> None:
-    if backend is LinearBackend.ONEDNN:
-        print("[tuneloop] linear layers on oneDNN (faster than torch's MKL matmul on this CPU; "
-              "TUNELOOP_LINEAR=torch to turn off)", flush=True)
+    if backend is not LinearBackend.TORCH:
+        print(f"[tuneloop] linear layers on {backend.describe()} (faster than torch's MKL matmul there on "
+              "this CPU; TUNELOOP_LINEAR=torch or onednn to force one)", flush=True)
