@@ -9,7 +9,7 @@ Measured with 2 threads, every SmolLM2-135M weight shape once:
 
 - 2-core AMD EPYC family 26 (AVX-512): oneDNN 2.0-2.3× the GFLOP/s of ``F.linear`` at 1 to 370 rows
   (2048² matmul 233 → 502 GFLOP/s): oneDNN in both regimes.
-- 2-core AMD EPYC family 25 (AVX2): oneDNN 1.2-1.8× at 8-32 rows, but 0.8-1.0× at 360-1024 rows and
+- 2-core AMD EPYC family 25 (AVX2): oneDNN 1.1-1.8× at 8-32 rows, but 0.8-1.1× at 360-1024 rows and
   slower on the backward's transposed weights; a LoRA forward + backward of SmolLM2 on 4 × 140 tokens
   took 5.9 s on oneDNN against 3.9 s on MKL: oneDNN for the decode steps only (``SPLIT``).
 
