@@ -174,7 +174,7 @@ def test_split_sends_only_small_row_counts_to_onednn_and_enters_no_mode(backend)
     assert backend("onednn-small") is matmul.LinearBackend.SPLIT
     x, weight = _leaves((2, matmul.SMALL_ROWS // 2, 8), (6, 8))  # SMALL_ROWS rows in all
     assert _ran_on_onednn(matmul.linear(x, weight))
-    big, _ = _leaves((matmul.SMALL_ROWS + 1, 8), (1,))
+    big = _leaves((matmul.SMALL_ROWS + 1, 8))[0]
     assert type(matmul.linear(big, weight).grad_fn).__name__ == "MmBackward0"
     layer = torch.nn.Linear(8, 4)
     with matmul.fast_linear() as chosen:  # training forwards have many rows: no mode, no per-op dispatch

@@ -93,6 +93,7 @@ def measure_speedup(rows: int = 32, inputs: int = 1024, outputs: int = 4096, bac
     transposed weight) in both directions (inputs → outputs and back), best of 3 each."""
     generator = torch.Generator().manual_seed(0)
     shapes = [(inputs, outputs), (outputs, inputs)] if backward else [(inputs, outputs)]
+    repeats = 3 if backward else 5
     torch_s = onednn_s = 0.0
     with torch._C.DisableTorchFunction():  # torch's own F.linear, even inside a FastLinear mode
         for n_in, n_out in shapes:
@@ -102,7 +103,6 @@ def measure_speedup(rows: int = 32, inputs: int = 1024, outputs: int = 4096, bac
             if backward:
                 pairs.append((torch.randn(rows, n_out, generator=generator), weight.t()))
             for a, w in pairs:
-                repeats = 3 if backward else 5
                 torch_s += _best_time(lambda a=a, w=w: F.linear(a, w), repeats)
                 onednn_s += _best_time(lambda a=a, w=w: _onednn_linear(a, w), repeats)
     return torch_s / onednn_s
@@ -177,10 +177,11 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """oneDNN for this call: a CPU input (a GPU run never measures), a backend that sends this many rows to
-    oneDNN, eligible tensors."""
-    return (x.device.type == "cpu" and linear_backend().onednn_for(x.numel() // max(x.shape[-1], 1))
-            and _eligible(x, weight, bias))
+    """oneDNN for this call: a CPU input (a GPU run never measures), eligible tensors, a backend that sends
+    this many rows to oneDNN."""
+    if x.device.type != "cpu" or (backend := linear_backend()) is LinearBackend.TORCH:
+        return False
+    return _eligible(x, weight, bias) and backend.onednn_for(x.numel() // x.shape[-1])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
