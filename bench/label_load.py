@@ -145,7 +145,7 @@ def annotator(base: str, token: str, tally: Tally, deadline: float, retry_unansw
                 if not retry_unanswered:
                     tally.errors.append(repr(err))
                     return
-                time.sleep(0.3)
+                time.sleep(0.1)
 
 
 def _setup(tmp: Path, annotators: int, items: int, overlap: int):
@@ -231,7 +231,7 @@ def run_kill(kills: int = 50, annotators: int = 20, items: int = 4000, overlap: 
     threads = _threads(f"http://127.0.0.1:{server.port}", tokens, tally, started + MAX_SECONDS, True, stop)
     try:
         for _ in range(kills):
-            time.sleep(rng.uniform(0.3, 1.2))  # a random moment under load
+            time.sleep(rng.uniform(0.2, 0.6))  # a random moment under load
             acked_at_kill.append(len(tally.acked))
             server.kill9()
             restarts.append(server.start())

@@ -4,23 +4,13 @@ is computed once by the main process, and every step's loss is divided by the pa
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from datafiles import write_jsonl
+from processes import one_and_two_processes
+from safetensors.torch import load_file
 from test_dpo_data import pair_rows
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _args(train, out, name, loss):
@@ -33,13 +23,8 @@ def _args(train, out, name, loss):
 @pytest.mark.parametrize("loss", ["dpo", "kto"])
 def test_two_processes_equal_one_process_with_accumulation(tmp_path, loss):
     train = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(40))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *_args(train, tmp_path, "one", loss)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    one, two = one_and_two_processes(_args(train, tmp_path, "one", loss), _args(train, tmp_path, "two", loss))
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), *_args(train, tmp_path, "two", loss)],
-                         env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[:6000]
     assert "(4 × 2 × 1 processes)" in one.stdout and "(2 × 2 × 2 processes)" in two.stdout
     a = load_file(tmp_path / "one" / "model" / "model.safetensors")

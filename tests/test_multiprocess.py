@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import torch
+from adam_bounds import assert_two_processes_match_one
+from datafiles import write_jsonl
+from processes import one_and_two_processes, torchrun
 from safetensors.torch import load_file
 
-from datafiles import write_jsonl
-from adam_bounds import assert_two_processes_match_one
 from tuneloop.data.bundled import chatterbot_pairs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sft_args(train, out, name, micro):
@@ -33,14 +27,10 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     (``adam_bounds.linear_adam_bound``): 4 micro-batches on 1 process and 2 on each of 2 processes
     sum the same 4 parts in another order (the all-reduce adds the two halves)."""
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in chatterbot_pairs()[:32]])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     linear = ["--optim.eps", "1", "--optim.lr", "1"]
-    one = subprocess.run([sys.executable, *_sft_args(train, tmp_path, "one", 2), *linear], env=env,
-                         capture_output=True, text=True, timeout=300)
+    one, two = one_and_two_processes([*_sft_args(train, tmp_path, "one", 2), *linear],
+                                     [*_sft_args(train, tmp_path, "two", 2), *linear])
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), *_sft_args(train, tmp_path, "two", 2),
-                          *linear], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "(4 × 2 × 1 processes)" in one.stdout and "(2 × 2 × 2 processes)" in two.stdout
     assert_two_processes_match_one(tmp_path / "one", tmp_path / "two", steps=3, accumulated=4)
@@ -59,9 +49,7 @@ def test_two_process_checkpoint_resumed_by_one_process(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "completion": c} for p, c in chatterbot_pairs()[:32]])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [*_sft_args(train, tmp_path, "two", 2), "--batch.max_steps", "4", "--save_every", "2"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), *args],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(torchrun(args), env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     run = tmp_path / "two"
     finished = load_file(run / "model" / "model.safetensors")

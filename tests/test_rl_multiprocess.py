@@ -5,13 +5,10 @@ the ranks draw exactly what one process draws), whitening and the loss normalisa
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 from adam_bounds import assert_two_processes_match_one
+from processes import one_and_two_processes
 from rl_helpers import spec
-from test_multiprocess import _free_port
 
 
 def _args(prompts, out, name):
@@ -30,13 +27,9 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
                                ["Tell me something.", "What is a robot?", "Say hello.", "Do you like music?"]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *_args(str(prompts), tmp_path, "one")], env=env, capture_output=True,
-                         text=True, timeout=600)
+    one, two = one_and_two_processes(_args(str(prompts), tmp_path, "one"), _args(str(prompts), tmp_path, "two"),
+                                     timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), *_args(str(prompts), tmp_path, "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "= 4 accumulation × 2 rows × 1 process(es)" in one.stdout
     assert "= 2 accumulation × 2 rows × 2 process(es)" in two.stdout
