@@ -266,7 +266,8 @@ def run_tuneloop(args) -> dict:
                                       args.lr), on_round=lambda done: ends.append(time.perf_counter()))
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "completions/mean_length" in r]
-    return {"round_ends": ends, "mean_length": [r["completions/mean_length"] for r in rows]}
+    return {"round_ends": ends, "mean_length": [r["completions/mean_length"] for r in rows],
+            "generate_s": [r["timing/generate_s"] for r in rows]}
 
 
 def run_trl(args) -> dict:
@@ -283,9 +284,21 @@ def run_trl(args) -> dict:
     trainer = trl_trainer(args, records, args.rounds, args.micro_batch, args.lr, callbacks=[RoundEnd()])
     rendered = trainer._tokenize_prompts([records[0]["messages"]])[0][0]
     assert list(rendered) == list(token_ids[0]), "TRL renders the prompts differently from tuneloop"
+    generated: list[tuple[float, float]] = []  # (end time, seconds) of each call of TRL's sampler
+    sample = trainer._generate
+
+    def timed_generate(*a, **kw):
+        started = time.perf_counter()
+        out = sample(*a, **kw)
+        generated.append((time.perf_counter(), time.perf_counter() - started))
+        return out
+
+    trainer._generate = timed_generate
     trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    return {"round_ends": ends, "mean_length": lengths}
+    per_round = [sum(seconds for end, seconds in generated if lo < end <= hi)
+                 for lo, hi in zip([float("-inf"), *ends], ends)]
+    return {"round_ends": ends, "mean_length": lengths, "generate_s": per_round}
 
 
 def main(argv=None) -> int:

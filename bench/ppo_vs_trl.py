@@ -364,6 +364,7 @@ def run_tuneloop(args) -> dict:
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "completions/mean_length" in r]
     return {"round_ends": ends, "mean_length": [r["completions/mean_length"] for r in rows],
+            "generate_s": [r["timing/generate_s"] for r in rows],
             "phases_s": {k: [r[k] for r in rows] for k in rows[0] if k.startswith("timing/") and k.endswith("_s")}}
 
 
@@ -374,10 +375,13 @@ def run_trl(args) -> dict:
 
     ends: list[float] = []
     lengths: list[float] = []
+    generated: list[tuple[float, float]] = []  # (end time, seconds) of each call of TRL's sampler
     sample = trl_ppo.batch_generation
 
-    def batch_generation(model, queries, *rest):  # TRL's own sampler, its response lengths recorded
+    def batch_generation(model, queries, *rest):  # TRL's own sampler, its response lengths and time recorded
+        started = time.perf_counter()
         query_responses, logits = sample(model, queries, *rest)
+        generated.append((time.perf_counter(), time.perf_counter() - started))
         responses = query_responses[:, queries.shape[1]:]
         ended = trl_ppo.first_true_indices(responses == tokenizer.eos_token_id) + 1
         lengths.append(float(ended.clamp(max=responses.shape[1]).float().mean()))
@@ -395,7 +399,9 @@ def run_trl(args) -> dict:
     trainer = trl_trainer(args, tokenizer, prompts, args.rounds, args.epochs, args.mini_batches, args.micro_batch,
                           args.lr, callbacks=[RoundEnd()])
     trainer.train()
-    return {"round_ends": ends, "mean_length": lengths}
+    per_round = [sum(seconds for end, seconds in generated if lo < end <= hi)
+                 for lo, hi in zip([float("-inf"), *ends], ends)]
+    return {"round_ends": ends, "mean_length": lengths, "generate_s": per_round}
 
 
 def child(args, worker: str, script: str = __file__) -> dict:
@@ -430,11 +436,32 @@ def print_speed(results: dict, title: str, peer: str, rounds: int) -> None:
               f"{results['ratio_peak_rss']:.2f}× |")
         print(f"| mean response length per round | {[round(x, 1) for x in ours['mean_length']]} | "
               f"{[round(x, 1) for x in theirs['mean_length']]} | |")
+        if "generate_s" in ours and "generate_s" in theirs:
+            print_generation_bound(results, rounds)
     for key, v in results.get("agreement", {}).items():
         if isinstance(v, dict):
             print(f"| agreement: {key} | {v['tuneloop']:.7f} | {v['trl']:.7f} | |Δ| {v['abs_diff']:.1e} |")
     print(f"load average: start {tuple(round(x, 2) for x in results['load_avg_start'])}, "
           f"end {tuple(round(x, 2) for x in results['load_avg_end'])}; torch threads {results['threads']}")
+
+
+def round_split(tool: dict) -> tuple[float, float]:
+    """(sampling, everything else) in seconds per round, means over rounds 2.. (the episodes/s window)."""
+    ends, generate = tool["round_ends"], tool["generate_s"][1:]
+    rounds = [b - a for a, b in zip(ends, ends[1:])]
+    return sum(generate) / len(generate), sum(r - g for r, g in zip(rounds, generate)) / len(rounds)
+
+
+def print_generation_bound(results: dict, rounds: int) -> None:
+    """Where each tool's round goes, and the ratio tuneloop would reach if its sampling took no time at all:
+    TRL's round over tuneloop's round less its sampling (the log-prob, reward and update passes)."""
+    (ours_gen, ours_rest), (their_gen, their_rest) = round_split(results["tuneloop"]), round_split(results["trl"])
+    results["round_split_s"] = {"tuneloop": [ours_gen, ours_rest], "trl": [their_gen, their_rest]}
+    results["ratio_bound_free_sampling"] = (their_gen + their_rest) / ours_rest
+    print(f"| sampling, s per round (rounds 2–{rounds}) | {ours_gen:.1f} | {their_gen:.1f} | "
+          f"{their_gen / ours_gen:.2f}× faster |")
+    print(f"| the rest of the round, s | {ours_rest:.1f} | {their_rest:.1f} | {their_rest / ours_rest:.2f}× faster |")
+    print(f"| episodes/s ratio if tuneloop sampled in no time | | | ≤ {results['ratio_bound_free_sampling']:.2f}× |")
 
 
 def run_worker(args, workers: dict) -> int:

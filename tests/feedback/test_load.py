@@ -5,8 +5,9 @@
 - kill: the server killed with SIGKILL at random moments ≥ 50 times under load; every acknowledged
   judgment is present after the restarts and the integrity check passes.
 
-The load test takes 35–75 s on a 2-core machine (runs by default); the kill test 3–4 minutes, so it is
-marked slow (CI still runs it: pytest runs every marker unless told otherwise).
+The load test takes 35–75 s on a 2-core machine (runs by default); the kill test about 1.5–2 minutes (50
+server restarts of ~1.4 s each, most of it the server's imports), so it is marked slow (CI still runs it:
+pytest runs every marker unless told otherwise).
 """
 
 import importlib.util
