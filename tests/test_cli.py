@@ -152,3 +152,17 @@ def test_console_script_chat_and_error_exit(trained_run):
                               "nope.jsonl", "--out", "x.jsonl"], capture_output=True, text=True, env=env, timeout=120)
     assert missing.returncode == 2
     assert missing.stderr.strip() == "tuneloop sample: error: nope.jsonl: file not found"
+
+
+def test_help_and_argument_errors_do_not_import_torch_or_the_database_layer():
+    """``tuneloop --help`` and every subcommand's parser build from light modules: torch (~2.5 s to
+    import) and SQLAlchemy load only when a command runs. A bad prompts file fails before either loads."""
+    probe = ("import sys\n"
+             "from tuneloop.cli import build_parser, main\n"
+             "build_parser()\n"
+             "assert main(['sample', '--model', 'tiny-llama', '--prompts', 'nope.jsonl', '--out', 'x.jsonl']) == 2\n"
+             "print(sorted(m for m in ('torch', 'sqlalchemy', 'transformers') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+    assert "nope.jsonl: file not found" in out.stderr

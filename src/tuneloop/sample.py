@@ -23,8 +23,6 @@ from tuneloop.data import load_records
 from tuneloop.data.chat import render_prompt
 from tuneloop.data.formats import prompt_messages
 from tuneloop.generation import Backend, SamplingConfig, generate
-from tuneloop.models import ModelConfig, load_causal_lm
-from tuneloop.models.loading import model_fingerprint, resolve_model_name
 
 
 def prompt_id(messages: list[dict]) -> str:
@@ -40,6 +38,9 @@ def sample_candidates(model_name: str, prompts_path: str, out_path: str | Path, 
     conversations = [prompt_messages(r) for r in records]  # validate all before loading the model
     if limit is not None:
         conversations = conversations[:limit]
+    from tuneloop.models import ModelConfig, load_causal_lm  # torch loads here, not for --help or a bad file
+    from tuneloop.models.loading import model_fingerprint, resolve_model_name
+
     model, tokenizer = load_causal_lm(ModelConfig(name=model_name), trainable=False)
     prompt_ids = [render_prompt(tokenizer, m) for m in conversations]
     model_hash = model_fingerprint(model)

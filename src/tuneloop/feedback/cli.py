@@ -13,7 +13,7 @@ import ipaddress
 import json
 import sys
 
-from tuneloop.feedback.store import DEFAULT_SETTINGS, TOKEN_SCOPES
+from tuneloop.feedback.settings import DEFAULT_SETTINGS, TOKEN_SCOPES
 
 DB_HELP = "the label store: a SQLite file (created if missing) or postgresql://user@host:port/db"
 

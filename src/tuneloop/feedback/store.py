@@ -26,29 +26,13 @@ from sqlalchemy import bindparam, create_engine, event, func, insert, select, te
 from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.feedback import schema as S
-from tuneloop.feedback.aspects import DEFAULT_ASPECTS, parse_aspects
+from tuneloop.feedback.aspects import parse_aspects
 from tuneloop.feedback.invariants import invariant_problems
+from tuneloop.feedback.settings import DEFAULT_SETTINGS, ROLES, TOKEN_SCOPES
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_SYNC_MODES = ("FULL", "NORMAL")
 SESSION_SECONDS = 12 * 3600
-ROLES = ("admin", "annotator")
-TOKEN_SCOPES = ("judge", "read", "admin")
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "overlap": 3,  # judgments wanted per item (never exceeded)
-    "lease_seconds": 600,  # how long a handed-out task is reserved for its annotator
-    "gold_rate": 0.0,  # share of tasks drawn from gold items (when any are left for the annotator)
-    "repeat_rate": 0.0,  # share of tasks that re-show an item the annotator already judged
-    "guideline_version": "v1",
-    "flags": [  # InstructGPT-style per-response flags: (name, label, key)
-        ["fails_instruction", "fails to follow the instruction", "i"],
-        ["hallucination", "hallucination (makes things up)", "h"],
-        ["harmful", "harmful or offensive", "x"],
-        ["inappropriate", "inappropriate for an assistant", "a"],
-    ],
-    "aspects": DEFAULT_ASPECTS,  # what responses are scored on (aspects.py): rating items ask for every one
-    "scores_on_comparisons": False,  # pairwise and ranking pages ask for aspect scores as well
-}
 
 
 _Q_SETTINGS = select(S.settings.c.key, S.settings.c.value)
