@@ -52,17 +52,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_vs_trl import (  # noqa: E402  (the shared plumbing of the two RL benches)
+from ppo_vs_trl import (  # noqa: E402  (the shared inputs of the two RL benches)
     TARGETS,
     add_run_args,
-    compare,
     forced_responses,
     load_base,
     perturb,
     prompt_set,
-    run_worker,
     trl_tokenizer,
 )
+from rl_speed import compare, run_worker, seconds_per_round, timed_calls  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -285,20 +284,10 @@ def run_trl(args) -> dict:
     rendered = trainer._tokenize_prompts([records[0]["messages"]])[0][0]
     assert list(rendered) == list(token_ids[0]), "TRL renders the prompts differently from tuneloop"
     generated: list[tuple[float, float]] = []  # (end time, seconds) of each call of TRL's sampler
-    sample = trainer._generate
-
-    def timed_generate(*a, **kw):
-        started = time.perf_counter()
-        out = sample(*a, **kw)
-        generated.append((time.perf_counter(), time.perf_counter() - started))
-        return out
-
-    trainer._generate = timed_generate
+    trainer._generate = timed_calls(trainer._generate, generated)
     trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    per_round = [sum(seconds for end, seconds in generated if lo < end <= hi)
-                 for lo, hi in zip([float("-inf"), *ends], ends)]
-    return {"round_ends": ends, "mean_length": lengths, "generate_s": per_round}
+    return {"round_ends": ends, "mean_length": lengths, "generate_s": seconds_per_round(generated, ends)}
 
 
 def main(argv=None) -> int:

@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch
+from rl_speed import compare, run_worker, seconds_per_round, timed_calls  # bench/
 
 TRL_VERSION = "1.12.0"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -348,10 +348,6 @@ def run_agreement(args) -> dict:
 
 # --- 2. speed -----------------------------------------------------------------------------------------
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_tuneloop(args) -> dict:
     from tuneloop.train import rl
 
@@ -376,12 +372,10 @@ def run_trl(args) -> dict:
     ends: list[float] = []
     lengths: list[float] = []
     generated: list[tuple[float, float]] = []  # (end time, seconds) of each call of TRL's sampler
-    sample = trl_ppo.batch_generation
+    timed_sample = timed_calls(trl_ppo.batch_generation, generated)
 
     def batch_generation(model, queries, *rest):  # TRL's own sampler, its response lengths and time recorded
-        started = time.perf_counter()
-        query_responses, logits = sample(model, queries, *rest)
-        generated.append((time.perf_counter(), time.perf_counter() - started))
+        query_responses, logits = timed_sample(model, queries, *rest)
         responses = query_responses[:, queries.shape[1]:]
         ended = trl_ppo.first_true_indices(responses == tokenizer.eos_token_id) + 1
         lengths.append(float(ended.clamp(max=responses.shape[1]).float().mean()))
@@ -399,102 +393,7 @@ def run_trl(args) -> dict:
     trainer = trl_trainer(args, tokenizer, prompts, args.rounds, args.epochs, args.mini_batches, args.micro_batch,
                           args.lr, callbacks=[RoundEnd()])
     trainer.train()
-    per_round = [sum(seconds for end, seconds in generated if lo < end <= hi)
-                 for lo, hi in zip([float("-inf"), *ends], ends)]
-    return {"round_ends": ends, "mean_length": lengths, "generate_s": per_round}
-
-
-def child(args, worker: str, script: str = __file__) -> dict:
-    """Run ``script`` as one worker in its own process; returns its JSON (with its peak RSS)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        argv, skip_next = [], False
-        for a in sys.argv[1:]:  # the parent's arguments, less --json (the children write to --out)
-            if not skip_next and not a.startswith("--json"):
-                argv.append(a)
-            skip_next = a == "--json"
-        subprocess.run([sys.executable, script, *argv, "--worker", worker, "--out", out.name], check=True)
-        return json.loads(Path(out.name).read_text())
-
-
-def episodes_per_s(episodes: int, rounds: int, ends: list[float]) -> float:
-    """Episodes per second from the end of round 1 to the end of the last round."""
-    assert len(ends) == rounds, f"{len(ends)} round ends for {rounds} rounds"
-    return episodes * (rounds - 1) / (ends[-1] - ends[0])
-
-
-def print_speed(results: dict, title: str, peer: str, rounds: int) -> None:
-    """The result table: speed and memory of both tools, their ratios, the agreement rows, the load."""
-    results["load_avg_end"] = os.getloadavg()
-    print(f"\n| {title} | tuneloop | {peer} | tuneloop / trl |\n|---|---|---|---|")
-    if "tuneloop" in results and "trl" in results:
-        ours, theirs = results["tuneloop"], results["trl"]
-        results["ratio_episodes_per_s"] = ours["episodes_per_s"] / theirs["episodes_per_s"]
-        results["ratio_peak_rss"] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
-        print(f"| episodes/s (rounds 2–{rounds}) | {ours['episodes_per_s']:.3f} | {theirs['episodes_per_s']:.3f} "
-              f"| {results['ratio_episodes_per_s']:.2f}× |")
-        print(f"| peak RSS (MB) | {ours['peak_rss_mb']:.0f} | {theirs['peak_rss_mb']:.0f} | "
-              f"{results['ratio_peak_rss']:.2f}× |")
-        print(f"| mean response length per round | {[round(x, 1) for x in ours['mean_length']]} | "
-              f"{[round(x, 1) for x in theirs['mean_length']]} | |")
-        if "generate_s" in ours and "generate_s" in theirs:
-            print_generation_bound(results, rounds)
-    for key, v in results.get("agreement", {}).items():
-        if isinstance(v, dict):
-            print(f"| agreement: {key} | {v['tuneloop']:.7f} | {v['trl']:.7f} | |Δ| {v['abs_diff']:.1e} |")
-    print(f"load average: start {tuple(round(x, 2) for x in results['load_avg_start'])}, "
-          f"end {tuple(round(x, 2) for x in results['load_avg_end'])}; torch threads {results['threads']}")
-
-
-def round_split(tool: dict) -> tuple[float, float]:
-    """(sampling, everything else) in seconds per round, means over rounds 2.. (the episodes/s window)."""
-    ends, generate = tool["round_ends"], tool["generate_s"][1:]
-    rounds = [b - a for a, b in zip(ends, ends[1:])]
-    return sum(generate) / len(generate), sum(r - g for r, g in zip(rounds, generate)) / len(rounds)
-
-
-def print_generation_bound(results: dict, rounds: int) -> None:
-    """Where each tool's round goes, and the ratio tuneloop would reach if its sampling took no time at all:
-    TRL's round over tuneloop's round less its sampling (the log-prob, reward and update passes)."""
-    (ours_gen, ours_rest), (their_gen, their_rest) = round_split(results["tuneloop"]), round_split(results["trl"])
-    results["round_split_s"] = {"tuneloop": [ours_gen, ours_rest], "trl": [their_gen, their_rest]}
-    results["ratio_bound_free_sampling"] = (their_gen + their_rest) / ours_rest
-    print(f"| sampling, s per round (rounds 2–{rounds}) | {ours_gen:.1f} | {their_gen:.1f} | "
-          f"{their_gen / ours_gen:.2f}× faster |")
-    print(f"| the rest of the round, s | {ours_rest:.1f} | {their_rest:.1f} | {their_rest / ours_rest:.2f}× faster |")
-    print(f"| episodes/s ratio if tuneloop sampled in no time | | | ≤ {results['ratio_bound_free_sampling']:.2f}× |")
-
-
-def run_worker(args, workers: dict) -> int:
-    """In a child process: run the worker named by ``--worker``, write its JSON (with its peak RSS) to ``--out``."""
-    started = time.perf_counter()
-    if args.worker == "trl" and args.trl_same_kernels:
-        from sft_measure import same_kernels  # bench/
-
-        same_kernels()
-    result = workers[args.worker](args)
-    result.update(peak_rss_mb=peak_rss_mb(), wall_s=time.perf_counter() - started)
-    Path(args.out).write_text(json.dumps(result, default=str))
-    return 0
-
-
-def compare(args, script: str, episodes: int, title: str, peer: str, agreed: str) -> int:
-    """In the parent: the agreement child, then one speed child per tool, the table; exit 1 if the losses
-    disagree by more than 1e-5."""
-    results = {"args": vars(args), "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()}
-    ok = True
-    if args.skip != "agreement":
-        agreement = results["agreement"] = child(args, "agreement", script)
-        ok = all(v["abs_diff"] <= 1e-5 for k, v in agreement.items() if k.startswith("loss"))
-    if args.skip != "speed":
-        for tool in ("tuneloop", "trl"):
-            results[tool] = child(args, tool, script)
-            results[tool]["episodes_per_s"] = episodes_per_s(episodes, args.rounds, results[tool]["round_ends"])
-    print_speed(results, title, peer, args.rounds)
-    if "agreement" in results:
-        print(f"{agreed} agree to 1e-5 on identical weights and rollouts: {'yes' if ok else 'NO'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return 0 if ok else 1
+    return {"round_ends": ends, "mean_length": lengths, "generate_s": seconds_per_round(generated, ends)}
 
 
 def main(argv=None) -> int:

@@ -117,7 +117,7 @@ def linear_backend() -> LinearBackend:
     if choice not in ("auto", *(b.value for b in LinearBackend)):
         raise ValueError(f"TUNELOOP_LINEAR must be auto, torch, onednn or onednn-small, got {choice!r}")
     if choice == "torch" or not onednn_available():
-        if choice != "torch" and choice != "auto":
+        if choice not in ("torch", "auto"):
             raise ValueError(f"TUNELOOP_LINEAR={choice}, but this torch build has no oneDNN "
                              "(torch.backends.mkldnn)")
         return LinearBackend.TORCH
